@@ -1,0 +1,67 @@
+"""`card.json`: everything known about one adapter version, as a pydantic model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BaseModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="Base model identifier, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.")
+    path: str | None = Field(default=None, description="Local folder it was trained against.")
+    weights_sha256: str | None = Field(default=None, description="sha256 of the base weights file.")
+
+
+class DatasetFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    sha256: str
+    split: str = Field(description="train, val, test or other.")
+    records: int | None = None
+
+
+class LoraInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    dropout: float | None = None
+    quantization: str | None = Field(default=None, description="e.g. nf4 for QLoRA.")
+
+
+class AdapterCard(BaseModel):
+    """Links an adapter version to its base, data, training config, metrics, evals and reviews."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = 1
+    name: str
+    version: str
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    source: Literal["trained", "imported"] = "trained"
+    base: BaseModelRef
+    lora: LoraInfo
+    files: dict[str, str] = Field(default_factory=dict, description="file name → sha256")
+    dataset: list[DatasetFile] = Field(default_factory=list)
+    training: dict[str, Any] = Field(default_factory=dict, description="Every hyperparameter used.")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    eval_runs: list[dict[str, Any]] = Field(default_factory=list)
+    review: dict[str, Any] = Field(default_factory=dict)
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    notes: str | None = None
+
+    @property
+    def served_name(self) -> str:
+        """The immutable name an engine serves this version under."""
+        return f"{self.name}@{self.version}"
+
+
+# Fields that may change after a version is created: what we learn about it later.
+MUTABLE_CARD_FIELDS = frozenset({"metrics", "eval_runs", "review", "notes"})

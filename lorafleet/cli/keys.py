@@ -1,0 +1,5 @@
+"""`lorafleet keys` — placeholder until issue 5 lands."""
+
+from lorafleet.cli.common import not_yet
+
+app = not_yet("keys", 5)
