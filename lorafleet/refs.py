@@ -27,7 +27,7 @@ def validate_version(version: str) -> str:
 
 
 def validate_alias(alias: str) -> str:
-    if VERSION_RE.match(alias) or not ALIAS_RE.match(alias):
+    if re.match(r"^v[0-9]+$", alias) or not ALIAS_RE.match(alias):
         raise InvalidNameError(
             f"invalid alias {alias!r}",
             hint="aliases are lowercase words like prod or canary (letters, digits, '_', '-'), not v<N>",
@@ -72,6 +72,6 @@ def parse_ref(ref: str) -> AdapterRef:
     validate_name(name)
     if not _:
         return AdapterRef(name)
-    if VERSION_RE.match(selector):
-        return AdapterRef(name, selector)
+    if re.match(r"^v[0-9]+$", selector):
+        return AdapterRef(name, validate_version(selector))
     return AdapterRef(name, validate_alias(selector))

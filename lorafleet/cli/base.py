@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lorafleet import base_model
@@ -74,5 +75,5 @@ def generate(
     base_model.inspect_base(folder)
     with console.status("generating …"):
         answer = base_model.generate(folder, prompt, max_new_tokens=max_tokens)
-    console.print(f"[bold]user:[/] {prompt}", highlight=False)
-    console.print(f"[bold]{folder.name}:[/] {answer}", highlight=False, markup=False)
+    console.print(f"[bold]user:[/] {escape(prompt)}", highlight=False)
+    console.print(f"[bold]{escape(folder.name)}:[/] {escape(answer)}", highlight=False)

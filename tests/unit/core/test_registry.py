@@ -55,7 +55,8 @@ def test_aliases_and_weighted_canary(registry: Registry, tmp_path: Path) -> None
     registry.set_alias("a", "prod", "v2")
     assert registry.resolve("a@prod").version == "v2"
     registry.set_alias("a", "canary", {"v2": 0.75, "v3": 0.25})
-    picks = Counter(registry.resolve("a@canary", rng=random.Random(1)).version for _ in range(2000))
+    rng = random.Random(1)
+    picks = Counter(registry.resolve("a@canary", rng=rng).version for _ in range(2000))
     assert 0.70 < picks["v2"] / 2000 < 0.80
     sticky = {registry.resolve("a@canary", sticky_key="user-7").version for _ in range(20)}
     assert len(sticky) == 1
