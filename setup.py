@@ -19,6 +19,7 @@ for package, folder in PARTS.items():
         packages.append(f"{package}.{sub}")
         package_dir[f"{package}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
 
-DATA = ["*.html", "*.j2", "*.jinja", "*.yaml", "*.yml", "*.ini", "*.mako", "*.css", "*.js", "*.json", "*.md", "*.jinja2", "*.txt"]
+DATA = ["*.html", "*.j2", "*.jinja", "*.jinja2", "*.yaml", "*.yml", "*.ini", "*.mako",
+        "*.css", "*.js", "*.json", "*.md", "*.txt"]
 
 setup(packages=packages, package_dir=package_dir, package_data={p: DATA for p in packages})

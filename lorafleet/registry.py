@@ -188,7 +188,7 @@ class Registry:
                 rows.append(VersionSummary(name=name, version="-", aliases=[], error=str(exc)))
                 aliases = {}
             for version in self.versions(name):
-                names = [a for a, t in aliases.items() if t == version or (isinstance(t, dict) and version in t)]
+                names = aliases_of(aliases, version)
                 try:
                     card = self.card(name, version)
                 except RegistryError as exc:
@@ -281,11 +281,11 @@ class Registry:
                     raise NotFoundError(f"adapter {parsed.name!r} has no version {doomed[0]}")
             aliases = self.aliases(parsed.name)
             if parsed.selector is not None:
-                users = [a for a, t in aliases.items() if a != "latest" and (t == doomed[0] or
-                         (isinstance(t, dict) and doomed[0] in t))]
+                users = [a for a in aliases_of(aliases, doomed[0]) if a != "latest"]
                 if users:
-                    raise RegistryError(f"alias {users[0]!r} of {parsed.name!r} points at {doomed[0]}",
-                                        hint=f"move it first: lorafleet adapters alias {parsed.name} {users[0]} VERSION")
+                    raise RegistryError(
+                        f"alias {users[0]!r} of {parsed.name!r} points at {doomed[0]}",
+                        hint=f"move it first: lorafleet adapters alias {parsed.name} {users[0]} VERSION")
             adapter_dir = self._adapter_dir(parsed.name)
             for version in doomed:
                 trash = adapter_dir / f".trash-{version}-{uuid.uuid4().hex}"
@@ -326,6 +326,11 @@ class Registry:
     def _write_aliases(self, name: str, aliases: dict[str, AliasTarget]) -> None:
         ordered = dict(sorted(aliases.items(), key=lambda kv: (kv[0] != "latest", kv[0])))
         atomic_write_json(self._adapter_dir(name) / ALIASES_FILE, ordered)
+
+
+def aliases_of(aliases: Mapping[str, AliasTarget], version: str) -> list[str]:
+    """The aliases that point at `version`, alone or as part of a weighted split."""
+    return sorted(a for a, t in aliases.items() if t == version or (isinstance(t, dict) and version in t))
 
 
 def pick_weighted(weights: Mapping[str, float], *, key: str | None = None,

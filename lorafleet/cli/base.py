@@ -21,7 +21,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 @app.command()
 def prepare(
     ctx: typer.Context,
-    out: Annotated[Path | None, typer.Option(help="Target folder (default: <data-dir>/base/smollm2-135m-instruct).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Target folder (default: <data-dir>/base/<model>).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a verified copy exists.")] = False,
     as_json: JsonOpt = False,
 ) -> None:

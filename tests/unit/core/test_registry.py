@@ -162,6 +162,7 @@ def test_eight_concurrent_imports(tmp_path: Path) -> None:
     for v in reg.versions("shared"):
         resolved = reg.resolve(f"shared@{v}")
         assert resolved.card.version == v
-        assert (resolved.path / "adapter_model.safetensors").read_bytes() == (src / "adapter_model.safetensors").read_bytes()
+        stored = (resolved.path / "adapter_model.safetensors").read_bytes()
+        assert stored == (src / "adapter_model.safetensors").read_bytes()
     assert reg.aliases("shared")["latest"] == "v8"
     assert not [p for p in (data_dir / "registry" / "shared").iterdir() if p.name.startswith(".tmp")]
