@@ -1,0 +1,107 @@
+"""Grouped LoRA ops for vLLM's CPU punica wrapper: one matmul per adapter, nothing for base rows.
+
+vLLM's stock torch ops (`vllm/lora/ops/torch_ops/lora_ops.py`) gather a full copy of the
+adapter weights for every token (`weights[indices]`) and index the stacked slots with -1 for
+base-model tokens, which Python indexing turns into *the last slot*: with every slot busy, base
+requests batched with adapter requests get another tenant's weights. These ops take the batch
+already split by `grouping.group_rows` and never touch rows outside a group.
+
+Numerics follow the stock ops: the shrink (x @ A) runs in the dtype of its output buffer
+(float32 in `add_lora_linear`), the expand (h @ B) in the dtype of the layer output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .grouping import AdapterGroups, Rows
+
+
+def take_rows(x: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """The rows of `x` (a view for a slice, a gathered copy for an index tensor)."""
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+
+
+def add_rows(y: torch.Tensor, rows: Rows, delta: torch.Tensor) -> None:
+    """y[rows] += delta, in place (y may be a column view of a larger tensor)."""
+    if isinstance(rows, slice):
+        y[rows] += delta
+    else:
+        y.index_add_(0, rows, delta)
+
+
+def put_rows(y: torch.Tensor, rows: Rows, value: torch.Tensor) -> None:
+    """y[rows] = value, in place."""
+    if isinstance(rows, slice):
+        y[rows] = value
+    else:
+        y.index_copy_(0, rows, value)
+
+
+def zero_rows(y: torch.Tensor, rows: Rows) -> None:
+    """y[rows] = 0, in place."""
+    if isinstance(rows, slice):
+        y[rows] = 0
+    else:
+        y.index_fill_(0, rows, 0)
+
+
+def slot_weight(stacked: torch.Tensor, slot: int) -> torch.Tensor:
+    """One adapter's (out, in) matrix from vLLM's stacked (slots, [1,] out, in) tensor, no copy."""
+    weight = stacked[slot]
+    return weight.reshape(weight.shape[-2], weight.shape[-1])
+
+
+def grouped_shrink(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, groups: AdapterGroups,
+                   scale: float) -> None:
+    """y[:, :rank] = scale * x @ A_slot.T per row; base rows get exactly 0.
+
+    Like vLLM's shrink this overwrites (the caller's buffer may hold an earlier layer's values),
+    so base rows are zeroed rather than skipped.
+    """
+    rank = lora_a.shape[-2]
+    out = y[:, :rank]
+    for group in groups.groups:
+        a = slot_weight(lora_a, group.slot).to(y.dtype)
+        put_rows(out, group.rows, scale * (take_rows(x, group.rows).to(y.dtype) @ a.T))
+    if groups.base_rows is not None:
+        zero_rows(out, groups.base_rows)
+
+
+def grouped_expand(y: torch.Tensor, x: torch.Tensor, lora_b: torch.Tensor, groups: AdapterGroups,
+                   offset: int, size: int | None, add_inputs: bool) -> None:
+    """y[:, offset:offset+size] (+)= x @ B_slot.T per row; base rows get no delta.
+
+    `size=None` is vLLM's plain expand: as many columns as both B and y have (the adapter and
+    the model may pad the output differently). With `add_inputs=False` the columns are
+    overwritten, so base rows are set to 0 there.
+    """
+    if size is None:
+        size = min(lora_b.shape[-2], y.shape[1] - offset)
+    cols = y[:, offset:offset + size]
+    for group in groups.groups:
+        b = slot_weight(lora_b, group.slot)[:size].to(y.dtype)
+        delta = take_rows(x, group.rows).to(y.dtype) @ b.T
+        (add_rows if add_inputs else put_rows)(cols, group.rows, delta)
+    if not add_inputs and groups.base_rows is not None:
+        zero_rows(cols, groups.base_rows)
+
+
+def grouped_lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: tuple[torch.Tensor, ...],
+                        lora_b: tuple[torch.Tensor, ...], scale: float, output_slices: tuple[int, ...],
+                        groups: AdapterGroups, offset_start: int = 0) -> None:
+    """y[:, slices] += (scale * x @ A_s.T) @ B_s.T per adapter and output slice, in place.
+
+    Fuses vLLM's shrink + expand: each adapter's input rows are gathered once for all slices
+    (q/k/v or gate/up share them) and its output rows scattered once, with no (tokens x rank)
+    buffer for the whole batch. Base rows are never read or written.
+    """
+    width = sum(output_slices)
+    cols = y[:, offset_start:offset_start + width]
+    for group in groups.groups:
+        xs = take_rows(x, group.rows).float()
+        deltas = []
+        for a_all, b_all, size in zip(lora_a, lora_b, output_slices, strict=True):
+            h = (xs @ slot_weight(a_all, group.slot).float().T) * scale
+            deltas.append(h.to(y.dtype) @ slot_weight(b_all, group.slot)[:size].to(y.dtype).T)
+        add_rows(cols, group.rows, deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=1))

@@ -1,0 +1,83 @@
+"""`GroupedPunicaWrapperCPU`: vLLM's CPU punica wrapper with grouped, isolation-safe LoRA ops.
+
+vLLM builds one punica wrapper per engine; `update_metadata` runs once per forward pass with the
+batch's token -> adapter-slot mapping, then every LoRA layer calls the `add_*` methods. The
+grouping is therefore computed here, once, and every op reuses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+from .grouping import NO_ROWS, AdapterGroups, group_rows
+from .ops import grouped_expand, grouped_lora_linear, grouped_shrink
+
+QUALNAME = f"{__name__}.GroupedPunicaWrapperCPU"
+
+
+class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
+    """Drop-in for `PunicaWrapperCPU`: same metadata, grouped ops that skip base rows."""
+
+    def __init__(self, max_num_batched_tokens: int, max_batches: int, device: torch.device | str,
+                 **kwargs: Any) -> None:
+        super().__init__(max_num_batched_tokens, max_batches, device, **kwargs)
+        self.token_groups: AdapterGroups = NO_ROWS
+        self.sampler_groups: AdapterGroups = NO_ROWS
+
+    def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None], max_loras: int,
+                        vocab_size: int, **kwargs: Any) -> None:
+        """vLLM's metadata, plus the per-slot row groups for tokens and for sampled rows."""
+        super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
+        self.token_groups = group_rows(self.token_lora_indices)
+        self.sampler_groups = group_rows(self.sampler_indices)
+
+    # -- the per-layer entry points ------------------------------------------------------------
+
+    def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
+                        lora_b_stacked: tuple[torch.Tensor, ...], scale: float, output_slices: tuple[int, ...],
+                        *, buffer: tuple[torch.Tensor, ...] | None = None, **kwargs: Any) -> None:
+        """Fused shrink + expand per adapter (no batch-wide float32 buffer is needed)."""
+        assert len(lora_a_stacked) == len(lora_b_stacked) == len(output_slices)
+        grouped_lora_linear(y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1]), lora_a_stacked,
+                            lora_b_stacked, scale, output_slices, self.token_groups)
+
+    def add_lora_logits(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: torch.Tensor,
+                        lora_b_stacked: torch.Tensor, scale: float, *, buffer: torch.Tensor | None = None,
+                        **kwargs: Any) -> None:
+        """LoRA on the LM head, grouped by the sampled rows' adapters (base rows untouched)."""
+        y2 = y.view(-1, y.shape[-1])
+        width = min(lora_b_stacked.shape[-2], y2.shape[1])
+        grouped_lora_linear(y2, x.view(-1, x.shape[-1]), (lora_a_stacked,), (lora_b_stacked,), scale,
+                            (width,), self.sampler_groups)
+
+    def apply_lora_full_linear(self, y: torch.Tensor, x: torch.Tensor, weight_stacked: torch.Tensor,
+                               bias_stacked: torch.Tensor, module_enabled: torch.Tensor) -> None:
+        """Per-adapter full replacement layers (classifier heads), computed per group."""
+        adapter_y = torch.zeros((x.size(0), weight_stacked.size(-2)), dtype=torch.float32, device=x.device)
+        grouped_shrink(adapter_y, x, weight_stacked, self.sampler_groups, 1.0)
+        y.copy_(self._select_full_linear_output(y, adapter_y, bias_stacked, module_enabled))
+
+    # -- the primitive ops that add_shrink / add_expand / add_lora_embedding dispatch to --------
+
+    def _shrink_prefill(self, y: torch.Tensor, x: torch.Tensor, w_t_all: torch.Tensor, scale: float) -> None:
+        grouped_shrink(y, x, w_t_all, self.token_groups, scale)
+
+    def _shrink_decode(self, y: torch.Tensor, x: torch.Tensor, w_t_all: torch.Tensor, scale: float) -> None:
+        grouped_shrink(y, x, w_t_all, self.token_groups, scale)
+
+    def _expand_prefill(self, y: torch.Tensor, x: torch.Tensor, w_t_all: torch.Tensor, add_inputs: bool) -> None:
+        grouped_expand(y, x, w_t_all, self.token_groups, 0, None, add_inputs)
+
+    def _expand_decode(self, y: torch.Tensor, x: torch.Tensor, w_t_all: torch.Tensor, add_inputs: bool) -> None:
+        grouped_expand(y, x, w_t_all, self.token_groups, 0, None, add_inputs)
+
+    def _expand_slice_prefill(self, y: torch.Tensor, x: torch.Tensor, w_t_all: torch.Tensor, y_offset: int,
+                              y_slice_size: int, add_inputs: bool) -> None:
+        grouped_expand(y, x, w_t_all, self.token_groups, y_offset, y_slice_size, add_inputs)
+
+    def _expand_slice_decode(self, y: torch.Tensor, x: torch.Tensor, w_t_all: torch.Tensor, y_offset: int,
+                             y_slice_size: int, add_inputs: bool) -> None:
+        grouped_expand(y, x, w_t_all, self.token_groups, y_offset, y_slice_size, add_inputs)
