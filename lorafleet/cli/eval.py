@@ -1,5 +1,210 @@
-"""`lorafleet eval` — placeholder until issue 6 lands."""
+"""`lorafleet eval`: run suites, score files, rescore and compare runs, render reports.
 
-from lorafleet.cli.common import not_yet
+Exit codes: 0 all gates pass, 1 a gate fails, 2 a configuration or input error.
+"""
 
-app = not_yet("eval", 6)
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lorafleet.cli.common import console, err_console, print_json, settings_from
+from lorafleet.errors import ConfigError
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _eval_settings(ctx: typer.Context):  # -> EvalSettings (imported lazily: keeps `lorafleet --help` fast)
+    from lorafleet.evaluate.settings import EvalSettings
+
+    core = settings_from(ctx)
+    return EvalSettings(**core.model_dump())
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    suite_path: Annotated[Path, typer.Argument(metavar="SUITE.yaml", help="The suite to run.")],
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible URL [LORAFLEET_EVAL_ENDPOINT].")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer key [LORAFLEET_EVAL_API_KEY].")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: DATA_DIR/eval/runs/RUN_ID).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Regenerate every response.")] = False,
+    push_review: Annotated[bool, typer.Option("--push-review/--no-push-review",
+                                              help="Send review samples when the suite asks for them.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results.json instead of the table.")] = False,
+) -> int:
+    """Generate for every target, score, compare, apply gates and write the run."""
+    from lorafleet.evaluate.pipeline import RunOptions, run_suite
+    from lorafleet.evaluate.suite import load_suite
+    from lorafleet.registry import Registry
+
+    st = _eval_settings(ctx)
+    suite = load_suite(suite_path)
+    key = api_key or (st.eval_api_key.get_secret_value() if st.eval_api_key else None)
+    opts = RunOptions(endpoint=endpoint or st.eval_endpoint, api_key=key,
+                      concurrency=concurrency or st.eval_concurrency, out=out,
+                      cache_path=None if no_cache else st.cache_path)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=as_json) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(target: str, done: int, total: int) -> None:
+            if target not in tasks:
+                tasks[target] = bar.add_task(target, total=total)
+            bar.update(tasks[target], completed=done)
+
+        outcome = run_suite(suite, suite_path, opts, runs_dir=st.runs_dir, registry=Registry(st.registry_dir),
+                            progress=progress)
+    if push_review and (suite.review.sample or suite.review.pairwise):
+        _push(st, outcome.path, suite)
+    _show(outcome.results, outcome.path, as_json)
+    return outcome.exit_code
+
+
+def _push(st, run_dir: Path, suite) -> None:
+    from lorafleet.evaluate.review_push import push, review_items
+    from lorafleet.evaluate.store import RunStore
+    from lorafleet.samples import ReviewClient
+
+    if not st.review_url:
+        err_console.print("review push skipped: set LORAFLEET_REVIEW_URL (and LORAFLEET_REVIEW_TOKEN)")
+        return
+    store = RunStore(run_dir)
+    items = review_items(store.manifest().run_id, suite.name, suite.review, store.samples(), store.outputs(),
+                         store.scores())
+    token = st.review_token.get_secret_value() if st.review_token else ""
+    client = ReviewClient(st.review_url, token, st.eval_dir / "review-spool.jsonl")
+    try:
+        sent = push(client, suite.review.queue, items)
+    finally:
+        client.close()
+    err_console.print(f"review: {len(items)} item(s) {'sent' if sent else 'spooled (app unreachable)'}")
+
+
+def _show(results, path: Path, as_json: bool) -> None:
+    if as_json:
+        print_json(results)
+        return
+    metrics = sorted({m for t in results.targets.values() for m in t.metrics})
+    table = Table(title=f"{results.suite} — {results.samples} samples")
+    table.add_column("target")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    comps = {(c.target, c.metric): c for c in results.comparisons if c.vs == results.baseline}
+    for name, t in results.targets.items():
+        cells = []
+        for m in metrics:
+            s, c = t.metrics.get(m), comps.get((name, m))
+            text = "–" if s is None else f"{s.value:.3f} [{s.ci[0]:.3f}, {s.ci[1]:.3f}]"
+            if c is not None:
+                text += f" {c.delta:+.3f}{'*' if c.significant else ''}"
+            cells.append(text)
+        table.add_row(name, *cells)
+    console.print(table)
+    for g in results.gates:
+        mark = "[green]pass[/]" if g.passed else "[bold red]FAIL[/]"
+        console.print(f"gate {g.gate} on {g.target}: {mark} ({g.detail})", highlight=False)
+    console.print(f"run: {path}", highlight=False)
+
+
+@app.command()
+def score(
+    file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="prediction + reference(s) per line.")],
+    metrics: Annotated[str, typer.Option(help="Comma-separated metric names.")] = "rouge,bleu,chrf,token_f1,exact_match",
+    label_pattern: Annotated[str | None, typer.Option(help="Regex for the label (group 1).")] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated label set (default: gold labels seen).")] = None,
+    resamples: Annotated[int, typer.Option(min=1)] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Score stored predictions (no model): corpus figures with bootstrap CIs."""
+    from lorafleet.evaluate.score_file import score_file
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    results = score_file(file, names, label_pattern=label_pattern,
+                         labels=[x.strip() for x in labels.split(",")] if labels else None,
+                         resamples=resamples, seed=seed)
+    if as_json:
+        print_json(results)
+        return
+    table = Table(title=str(file))
+    for col in ("metric", "value", "95% CI", "config"):
+        table.add_column(col)
+    for r in results:
+        cfg = r.config.get("signature") or ", ".join(f"{k}={v}" for k, v in r.config.items() if k != "labels")
+        table.add_row(r.metric, f"{r.value:.4f}", f"[{r.ci[0]:.4f}, {r.ci[1]:.4f}]", str(cfg))
+    console.print(table)
+
+
+@app.command()
+def rescore(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder.")],
+    suite_path: Annotated[Path | None, typer.Option("--suite", help="A changed suite (metrics, gates).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """Recompute metrics and gates of a stored run, without generating."""
+    from lorafleet.evaluate.pipeline import rescore as do_rescore
+    from lorafleet.evaluate.suite import load_suite
+
+    results = do_rescore(run_dir, load_suite(suite_path) if suite_path else None)
+    _show(results, run_dir, as_json)
+    return 0 if results.passed else 1
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(metavar="RUN_A")],
+    run_b: Annotated[Path, typer.Argument(metavar="RUN_B")],
+    target_a: Annotated[str | None, typer.Option(help="Target in RUN_A (default: its last non-baseline).")] = None,
+    target_b: Annotated[str | None, typer.Option(help="Target in RUN_B (default: its last non-baseline).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Paired comparison of the same samples across two runs (B − A)."""
+    from lorafleet.evaluate.compare import compare_runs
+
+    a, b, n, comps = compare_runs(run_a, run_b, target_a=target_a, target_b=target_b)
+    if as_json:
+        print_json({"a": a, "b": b, "samples": n, "comparisons": [c.model_dump(mode="json") for c in comps]})
+        return
+    table = Table(title=f"{b} − {a} on {n} shared samples")
+    for col in ("metric", "delta", "95% CI", "p", "significant", "test"):
+        table.add_column(col)
+    for c in comps:
+        table.add_row(c.metric, f"{c.delta:+.4f}", f"[{c.ci[0]:+.4f}, {c.ci[1]:+.4f}]", f"{c.p_value:.4f}",
+                      "yes" if c.significant else "no", c.test)
+    console.print(table)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN")],
+    fmt: Annotated[str, typer.Option("--format", help="md, html or json.")] = "md",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Render a stored run's report."""
+    from lorafleet.evaluate.pipeline import primary_metric
+    from lorafleet.evaluate.report import render_html, render_markdown
+    from lorafleet.evaluate.store import RunStore
+    from lorafleet.evaluate.suite import suite_from_dict
+    from lorafleet.fsutil import atomic_write_text
+
+    store = RunStore(run_dir)
+    results = store.results()
+    if fmt == "json":
+        text = results.model_dump_json(indent=2)
+    elif fmt == "md":
+        text = render_markdown(results)
+    elif fmt == "html":
+        suite = suite_from_dict(store.manifest().suite)
+        text = render_html(results, store.samples(), store.outputs(), store.scores(), primary=primary_metric(suite))
+    else:
+        raise ConfigError(f"unknown report format {fmt!r}", hint="use md, html or json")
+    if output:
+        atomic_write_text(output, text)
+    else:
+        typer.echo(text)

@@ -1,0 +1,43 @@
+"""Which family computes which metric name, and one entry point that runs the needed families."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lorafleet.evaluate.metrics import classification, rouge, sacre, squad
+from lorafleet.evaluate.metrics.base import MetricResult
+
+TextFamily = Callable[..., list[MetricResult]]
+
+TEXT_FAMILIES: dict[str, TextFamily] = {
+    "rouge": rouge.rouge,
+    "bleu": sacre.bleu,
+    "chrf": sacre.chrf,
+    "token_f1": squad.token_f1,
+    "exact_match": squad.exact_match,
+}
+FAMILY_OF: dict[str, str] = {
+    **{t: "rouge" for t in rouge.ROUGE_TYPES}, "rouge": "rouge",
+    "bleu": "bleu", "chrf": "chrf", "chrf++": "chrf",
+    "token_f1": "token_f1", "exact_match": "exact_match",
+    "accuracy": "classification", "label_f1": "classification", "label_micro_f1": "classification",
+    "classification": "classification",
+}
+METRIC_NAMES = sorted(FAMILY_OF)
+
+
+def compute_metrics(families: dict[str, dict[str, Any]], predictions: list[str], references: list[list[str]],
+                    *, gold_labels: list[str] | None = None, pred_labels: list[str] | None = None,
+                    labels: list[str] | None = None, invalid: str = "INVALID") -> dict[str, MetricResult]:
+    """Run each requested family (name → options) and return every metric it yields by name."""
+    out: dict[str, MetricResult] = {}
+    for family, options in families.items():
+        if family == "classification":
+            if gold_labels is None or pred_labels is None:
+                continue
+            results = classification.classification(gold_labels, pred_labels, labels or [], invalid=invalid)
+        else:
+            results = TEXT_FAMILIES[family](predictions, references, **options)
+        out.update({r.name: r for r in results})
+    return out

@@ -1,0 +1,155 @@
+"""The commands' library side: run a suite, rescore or compare stored runs, score a predictions file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lorafleet.errors import ConfigError
+from lorafleet.evaluate.cache import ResponseCache
+from lorafleet.evaluate.dataset import Sample, dataset_path, load_samples
+from lorafleet.evaluate.report import render_html, render_markdown
+from lorafleet.evaluate.results import RunResults
+from lorafleet.evaluate.runner import Completion, Runner
+from lorafleet.evaluate.scoring import TargetScores, compare_metrics, score_all
+from lorafleet.evaluate.store import Manifest, RunStore, new_run_id
+from lorafleet.evaluate.suite import BASE, Suite, suite_from_dict
+from lorafleet.registry import Registry
+
+Progress = Callable[[str, int, int], None]  # (target, done, total)
+
+
+@dataclass
+class RunOptions:
+    endpoint: str
+    api_key: str | None = None
+    concurrency: int = 8
+    out: Path | None = None
+    cache_path: Path | None = None  # None: no cache (--no-cache)
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    timeout_s: float = 120.0
+
+
+@dataclass
+class RunOutcome:
+    path: Path
+    results: RunResults
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.results.passed else 1
+
+
+async def _resolve_models(suite: Suite, runner: Runner) -> dict[str, str]:
+    """target → name sent as `model`; `base` is the suite's base_model or what /v1/models lists."""
+    models = {t: t for t in suite.targets}
+    if BASE in models:
+        models[BASE] = suite.base_model or await runner.resolve_base()
+    return models
+
+
+async def generate_all(suite: Suite, samples: list[Sample], runner: Runner, models: dict[str, str],
+                       outputs: dict[str, dict[str, Completion]], progress: Progress | None) -> None:
+    """Generate target by target into `outputs` (filled as answers arrive, so a failure keeps them)."""
+    params = suite.generation.params()
+    for target in suite.targets:
+        done = outputs.setdefault(target, {})
+
+        def on_done(sid: str, c: Completion, target: str = target, done: dict = done) -> None:
+            done[sid] = c
+            if progress:
+                progress(target, len(done), len(samples))
+
+        if progress:
+            progress(target, 0, len(samples))
+        await runner.generate(models[target], samples, params, on_done=on_done)
+
+
+def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Path, registry: Registry | None = None,
+              progress: Progress | None = None) -> RunOutcome:
+    """Generate for every target, score, compare, gate and write the run folder."""
+    samples = load_samples(suite, dataset_path(suite, suite_path, registry))
+    run_id = new_run_id(suite.name)
+    store = RunStore(opts.out or runs_dir / run_id)
+    cache = ResponseCache(opts.cache_path) if opts.cache_path else None
+    runner = Runner(opts.endpoint, opts.api_key, concurrency=opts.concurrency, cache=cache,
+                    max_retries=opts.max_retries, backoff_s=opts.backoff_s, timeout_s=opts.timeout_s)
+    manifest = Manifest(run_id=run_id, suite=suite.model_dump(mode="json"), suite_path=str(suite_path),
+                        endpoint=runner.endpoint, created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    outputs: dict[str, dict[str, Completion]] = {}
+    store.write_samples(samples)
+    try:
+        manifest.models = asyncio.run(_resolve_models(suite, runner))
+        store.write_manifest(manifest)
+        asyncio.run(generate_all(suite, samples, runner, manifest.models, outputs, progress))
+    finally:
+        # Whatever happens, keep what was generated: the cache resumes it, the folder shows it.
+        store.write_outputs(outputs)
+        store.write_manifest(manifest)
+        if cache is not None:
+            cache.close()
+    manifest.status = "complete"
+    store.write_manifest(manifest)
+    return RunOutcome(store.path, score_and_write(store, suite, samples, outputs, manifest))
+
+
+def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
+                    manifest: Manifest) -> RunResults:
+    """Score a run's outputs and write results, per-sample scores and both reports."""
+    scored, comparisons, gates, bias = score_all(suite, samples, outputs, manifest.models)
+    st = suite.stats
+    results = RunResults(run_id=manifest.run_id, suite=suite.name, created_at=manifest.created_at,
+                         endpoint=manifest.endpoint, baseline=suite.baseline_target, samples=len(samples),
+                         confidence=st.confidence, resamples=st.resamples, seed=st.seed,
+                         targets={t: s.result for t, s in scored.items()}, comparisons=comparisons, gates=gates,
+                         passed=all(g.passed for g in gates), bias=bias)
+    rows = per_sample_rows(samples, scored)
+    store.write_scores(rows)
+    store.write_results(results)
+    store.write_text("report.md", render_markdown(results))
+    store.write_text("report.html", render_html(results, samples, outputs, rows, primary=primary_metric(suite)))
+    return results
+
+
+def primary_metric(suite: Suite) -> str | None:
+    """The metric worst samples are ranked by: the first gated one, else the first listed."""
+    if suite.gates:
+        return suite.gates[0].metric
+    first = suite.metrics[0]
+    name = first if isinstance(first, str) else next(iter(first))
+    return {"rouge": "rougeL", "classification": "label_f1"}.get(name, name)
+
+
+def per_sample_rows(samples: list[Sample], scored: dict[str, TargetScores]) -> list[dict[str, Any]]:
+    rows = []
+    for target, s in scored.items():
+        for i, sample in enumerate(samples):
+            row: dict[str, Any] = {"target": target, "id": sample.id,
+                                   "scores": {n: float(m.per_sample[i]) for n, m in s.metrics.items()}}
+            if s.pred_labels is not None:
+                row["label"] = s.pred_labels[i]
+            rows.append(row)
+    return rows
+
+
+def rescore(run_dir: Path, suite: Suite | None = None) -> RunResults:
+    """Recompute metrics and gates of a stored run (optionally with a changed suite); no generation."""
+    store = RunStore(run_dir)
+    manifest = store.manifest()
+    suite = suite or suite_from_dict(manifest.suite)
+    outputs = store.outputs()
+    missing = [t for t in suite.targets if t not in outputs]
+    if missing:
+        raise ConfigError(f"{run_dir}: no outputs for target(s) {', '.join(missing)}",
+                          hint="rescore only the targets the run generated, or run the suite again")
+    samples = store.samples()
+    incomplete = [t for t in suite.targets if len(outputs[t]) < len(samples)]
+    if incomplete:
+        raise ConfigError(f"{run_dir}: run is partial for {', '.join(incomplete)}",
+                          hint="resume it with the same `eval run` command (cached answers are reused)")
+    return score_and_write(store, suite, samples, outputs, manifest)

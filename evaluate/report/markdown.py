@@ -1,0 +1,55 @@
+"""A Markdown report short enough for a PR comment: targets × metrics with CIs and deltas, gates."""
+
+from __future__ import annotations
+
+from lorafleet.evaluate.results import Comparison, RunResults
+
+
+def fmt(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _cell(results: RunResults, target: str, metric: str, comps: dict[tuple[str, str], Comparison]) -> str:
+    score = results.targets[target].metrics.get(metric)
+    if score is None:
+        return "–"
+    text = f"{fmt(score.value)} [{fmt(score.ci[0])}, {fmt(score.ci[1])}]"
+    comp = comps.get((target, metric))
+    if comp is not None:
+        mark = "**" if comp.significant else ""
+        text += f" ({mark}{comp.delta:+.3f}{'*' if comp.significant else ''}{mark})"
+    return text
+
+
+def render_markdown(results: RunResults) -> str:
+    """Targets × metrics with CIs; deltas vs the baseline (* = significant); gate results."""
+    metrics = sorted({m for t in results.targets.values() for m in t.metrics})
+    comps = {(c.target, c.metric): c for c in results.comparisons if c.vs == results.baseline}
+    verdict = "✅ all gates pass" if results.passed else "❌ a gate failed"
+    lines = [f"### Eval `{results.suite}` — {verdict}", "",
+             f"Run `{results.run_id}`, {results.samples} samples, {int(results.confidence * 100)}% bootstrap CIs "
+             f"({results.resamples} resamples, seed {results.seed}); deltas vs `{results.baseline}`, "
+             f"* = significant.", "",
+             "| target | served | " + " | ".join(metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    for name, target in results.targets.items():
+        served = ", ".join(target.served_models) or target.model
+        lines.append(f"| `{name}` | {served} | " + " | ".join(_cell(results, name, m, comps) for m in metrics) + " |")
+    if results.gates:
+        lines += ["", "| gate | target | result | detail |", "|---|---|---|---|"]
+        for g in results.gates:
+            lines.append(f"| {g.gate} | `{g.target}` | {'pass' if g.passed else '**FAIL**'} | {g.detail} |")
+    other = [c for c in results.comparisons if c.vs != results.baseline]
+    if other:
+        lines += ["", "| comparison | metric | delta | p |", "|---|---|---|---|"]
+        lines += [f"| `{c.target}` vs `{c.vs}` | {c.metric} | {c.delta:+.4f} | {c.p_value:.4f} |" for c in other]
+    if results.bias:
+        lines += ["", "**Counterfactual gaps** (original vs swapped prompts)", "",
+                  "| target | pairs | output changed | output similarity | label flips |", "|---|---|---|---|---|"]
+        for name, b in results.bias.items():
+            flips = "–" if b.label_flip_rate is None else f"{b.label_flip_rate:.1%}"
+            lines.append(f"| `{name}` | {b.pairs} | {b.output_changed_rate:.1%} | {b.output_similarity:.3f} | {flips} |")
+    usage = ", ".join(f"`{n}` p50 {t.usage.latency_p50_s * 1000:.0f} ms, {t.usage.completion_tokens} tok"
+                      for n, t in results.targets.items())
+    lines += ["", f"Latency/tokens: {usage}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""The stable JSON schema of a scored run (results.json); reports render from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+
+class MetricScore(BaseModel):
+    value: float
+    ci: tuple[float, float]
+    config: dict[str, Any]
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Usage(BaseModel):
+    samples: int
+    latency_mean_s: float
+    latency_p50_s: float
+    latency_p95_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    cached: int
+
+
+class TargetResult(BaseModel):
+    model: str = Field(description="The name sent as `model` (base resolved to the endpoint's name).")
+    served_models: list[str] = Field(default_factory=list, description="Exact versions the endpoint reported.")
+    metrics: dict[str, MetricScore]
+    usage: Usage
+
+
+class Comparison(BaseModel):
+    target: str
+    vs: str
+    metric: str
+    delta: float
+    ci: tuple[float, float]
+    p_value: float
+    significant: bool
+    test: str
+    mcnemar_p: float | None = None
+
+
+class GateResult(BaseModel):
+    gate: str
+    target: str
+    passed: bool
+    detail: str
+
+
+class BiasTarget(BaseModel):
+    pairs: int
+    output_changed_rate: float
+    output_similarity: float = Field(description="Mean token F1 between original and swapped outputs.")
+    label_flip_rate: float | None = None
+    metric_gaps: dict[str, float] = Field(default_factory=dict, description="original − swapped, per metric.")
+
+
+class RunResults(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    suite: str
+    created_at: str
+    endpoint: str
+    baseline: str
+    samples: int
+    confidence: float
+    resamples: int
+    seed: int
+    targets: dict[str, TargetResult]
+    comparisons: list[Comparison] = Field(default_factory=list)
+    gates: list[GateResult] = Field(default_factory=list)
+    passed: bool = True
+    bias: dict[str, BiasTarget] | None = None

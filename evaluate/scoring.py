@@ -1,0 +1,144 @@
+"""Score stored outputs: metrics with CIs per target, paired comparisons, gates, bias gaps.
+
+Pure with respect to generation: `rescore` and `compare` call these on stored runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from lorafleet.evaluate.dataset import Sample
+from lorafleet.evaluate.gates import apply_gates
+from lorafleet.evaluate.metrics import MetricResult, compute_metrics
+from lorafleet.evaluate.metrics.squad import normalize_answer, token_f1_one
+from lorafleet.evaluate.results import BiasTarget, Comparison, MetricScore, TargetResult, Usage
+from lorafleet.evaluate.runner import Completion
+from lorafleet.evaluate.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from lorafleet.evaluate.suite import Extraction, Suite
+
+
+def extract_label(text: str, extraction: Extraction) -> str:
+    """The declared label an output names, or the INVALID class when it names none."""
+    flags = 0 if extraction.case_sensitive else re.IGNORECASE
+    found = text.strip()
+    if extraction.label_pattern:
+        m = re.search(extraction.label_pattern, text, flags)
+        if not m:
+            return extraction.invalid_label
+        found = (m.group(1) if m.groups() else m.group(0)).strip()
+    else:
+        found = found.splitlines()[0].strip() if found else ""
+    for label in extraction.labels:
+        if label == found or (not extraction.case_sensitive and label.lower() == found.lower()):
+            return label
+    return extraction.invalid_label
+
+
+@dataclass
+class TargetScores:
+    """Everything computed for one target; `metrics` keep per-sample scores and statistics."""
+
+    metrics: dict[str, MetricResult]
+    pred_labels: list[str] | None
+    result: TargetResult
+
+
+def gold_labels(suite: Suite, samples: list[Sample]) -> list[str] | None:
+    if not suite.extraction.labels:
+        return None
+    return [s.label if s.label is not None else extract_label(s.reference, suite.extraction) for s in samples]
+
+
+def _usage(completions: list[Completion]) -> Usage:
+    lat = np.array([c.latency_s for c in completions]) if completions else np.zeros(1)
+    return Usage(samples=len(completions), latency_mean_s=float(lat.mean()),
+                 latency_p50_s=float(np.percentile(lat, 50)), latency_p95_s=float(np.percentile(lat, 95)),
+                 prompt_tokens=sum(c.prompt_tokens or 0 for c in completions),
+                 completion_tokens=sum(c.completion_tokens or 0 for c in completions),
+                 cached=sum(c.cached for c in completions))
+
+
+def score_target(suite: Suite, samples: list[Sample], outputs: dict[str, Completion], model: str,
+                 gold: list[str] | None) -> TargetScores:
+    """All metrics of one target with bootstrap CIs."""
+    completions = [outputs[s.id] for s in samples]
+    preds = [c.output for c in completions]
+    pred_labels = [extract_label(p, suite.extraction) for p in preds] if gold is not None else None
+    metrics = compute_metrics(suite.metric_families(), preds, [s.references for s in samples],
+                              gold_labels=gold, pred_labels=pred_labels, labels=suite.extraction.labels,
+                              invalid=suite.extraction.invalid_label)
+    st = suite.stats
+    scores = {}
+    for name, m in metrics.items():
+        ci = bootstrap_ci(m.stats, m.aggregate, resamples=st.resamples, seed=st.seed, confidence=st.confidence)
+        scores[name] = MetricScore(value=m.value, ci=(ci.low, ci.high), config=m.config, details=m.details)
+    served = sorted({c.served_model for c in completions if c.served_model})
+    result = TargetResult(model=model, served_models=served, metrics=scores, usage=_usage(completions))
+    return TargetScores(metrics=metrics, pred_labels=pred_labels, result=result)
+
+
+def compare_metrics(a: dict[str, MetricResult], b: dict[str, MetricResult], *, target: str, vs: str,
+                    suite: Suite) -> list[Comparison]:
+    """Paired bootstrap (and McNemar for 0/1 metrics) of B − A on the same samples."""
+    st = suite.stats
+    out = []
+    for name in sorted(set(a) & set(b)):
+        ma, mb = a[name], b[name]
+        boot = paired_bootstrap(ma.stats, mb.stats, ma.aggregate, resamples=st.resamples, seed=st.seed,
+                                confidence=st.confidence)
+        mc = mcnemar(ma.per_sample, mb.per_sample, alpha=1 - st.confidence) if ma.binary else None
+        significant = mc.significant if mc is not None else boot.significant
+        out.append(Comparison(target=target, vs=vs, metric=name, delta=boot.delta, ci=(boot.ci.low, boot.ci.high),
+                              p_value=mc.p_value if mc else boot.p_value, significant=significant,
+                              test=mc.test if mc else boot.test, mcnemar_p=mc.p_value if mc else None))
+    return out
+
+
+def comparison_pairs(suite: Suite) -> list[tuple[str, str]]:
+    """(target, vs) pairs: every target against the baseline, plus what gates ask for."""
+    base = suite.baseline_target
+    pairs = [(t, base) for t in suite.targets if t != base]
+    for g in suite.gates:
+        if g.vs is not None:
+            for t in g.targets or [t for t in suite.targets if t != g.vs]:
+                if (t, g.vs) not in pairs and t != g.vs:
+                    pairs.append((t, g.vs))
+    return pairs
+
+
+def bias_gaps(samples: list[Sample], scores: TargetScores, outputs: dict[str, Completion]) -> BiasTarget | None:
+    """Original vs attribute-swapped prompts: how often the output or the label changes."""
+    index = {s.id: i for i, s in enumerate(samples)}
+    pairs = [(index[s.metadata["counterfactual_of"]], i) for i, s in enumerate(samples)
+             if s.metadata.get("counterfactual_of") in index]
+    if not pairs:
+        return None
+    orig, swapped = [p[0] for p in pairs], [p[1] for p in pairs]
+    texts = [outputs[s.id].output for s in samples]
+    changed = [normalize_answer(texts[a]) != normalize_answer(texts[b]) for a, b in pairs]
+    similarity = [token_f1_one(texts[a], texts[b]) for a, b in pairs]
+    flips = None
+    if scores.pred_labels is not None:
+        flips = float(np.mean([scores.pred_labels[a] != scores.pred_labels[b] for a, b in pairs]))
+    gaps = {name: float(m.per_sample[orig].mean() - m.per_sample[swapped].mean())
+            for name, m in scores.metrics.items()}
+    return BiasTarget(pairs=len(pairs), output_changed_rate=float(np.mean(changed)),
+                      output_similarity=float(np.mean(similarity)), label_flip_rate=flips, metric_gaps=gaps)
+
+
+def score_all(suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
+              models: dict[str, str]) -> tuple[dict[str, TargetScores], list[Comparison], list, dict | None]:
+    """Per-target scores, comparisons, gate results and bias gaps for a whole run."""
+    gold = gold_labels(suite, samples)
+    scored = {t: score_target(suite, samples, outputs[t], models.get(t, t), gold) for t in suite.targets
+              if t in outputs}
+    comparisons = [c for t, vs in comparison_pairs(suite) if t in scored and vs in scored
+                   for c in compare_metrics(scored[vs].metrics, scored[t].metrics, target=t, vs=vs, suite=suite)]
+    gates = apply_gates(suite.gates, {t: s.result for t, s in scored.items()}, comparisons, suite.baseline_target)
+    bias = None
+    if suite.counterfactual:
+        bias = {t: b for t, s in scored.items() if (b := bias_gaps(samples, s, outputs[t])) is not None}
+    return scored, comparisons, gates, bias

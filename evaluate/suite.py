@@ -1,0 +1,257 @@
+"""The suite YAML: a pydantic model whose errors name the key and its line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lorafleet.errors import ConfigError
+from lorafleet.evaluate.metrics import FAMILY_OF
+from lorafleet.evaluate.yaml_lines import line_of, load_yaml_with_lines
+from lorafleet.formats import FormatName
+
+BASE = "base"
+_GATE_RE = re.compile(r"^\s*([A-Za-z_][\w+]*)\s*(>=|<=|>|<)\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Strict):
+    """A JSONL file (chat, alpaca or prompt/completion), or a split of a registered adapter's card."""
+
+    path: str | None = None
+    adapter: str | None = Field(default=None, description="Use the dataset file recorded in this adapter's card.")
+    split: str = "test"
+    format: FormatName | None = None
+    limit: int | None = Field(default=None, ge=1, description="Only the first N records.")
+
+
+class Generation(_Strict):
+    """Decoding parameters: identical for every target."""
+
+    temperature: float = Field(default=0.0, ge=0)
+    max_tokens: int = Field(default=128, ge=1)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = 0
+    stop: list[str] | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="Passed through to the request body.")
+
+    def params(self) -> dict[str, Any]:
+        body = self.model_dump(exclude={"extra"}, exclude_none=True)
+        return {**body, **self.extra}
+
+
+class Extraction(_Strict):
+    """How to read a label out of an output; what does not match is the INVALID class."""
+
+    label_pattern: str | None = Field(default=None, description="Regex; group 1 (or the match) is the label.")
+    labels: list[str] = Field(default_factory=list, description="The declared label set.")
+    invalid_label: str = "INVALID"
+    label_field: str = Field(default="label", description="Record key holding the gold label.")
+    case_sensitive: bool = False
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regex: {exc}") from None
+        return value
+
+
+class Gate(_Strict):
+    """`metric op threshold` on each target, or a delta over a baseline target."""
+
+    metric: str
+    op: Literal[">=", ">", "<=", "<"] = ">="
+    threshold: float | None = None
+    vs: str | None = None
+    min_delta: float | None = None
+    significant: bool = False
+    targets: list[str] | None = Field(default=None, description="Default: every target except `vs`/baseline.")
+
+    def describe(self) -> str:
+        if self.vs is not None:
+            sig = ", significant" if self.significant else ""
+            return f"{self.metric} vs {self.vs}: delta >= {self.min_delta or 0:g}{sig}"
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+class ReviewSpec(_Strict):
+    sample: int = Field(default=0, ge=0, description="Samples per target sent for rubric review.")
+    rubric: str | None = None
+    pairwise: list[str] | None = Field(default=None, min_length=2, max_length=2)
+    queue: str = "eval"
+    seed: int = 0
+
+
+class StatsSpec(_Strict):
+    resamples: int = Field(default=1000, ge=1)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    seed: int = 0
+
+
+class Counterfactual(_Strict):
+    """Swap attribute words (names, genders, origins) in every prompt; both directions."""
+
+    swaps: list[list[str]] = Field(min_length=1)
+
+    @field_validator("swaps")
+    @classmethod
+    def _pairs(cls, value: list[list[str]]) -> list[list[str]]:
+        for pair in value:
+            if len(pair) != 2 or not all(p.strip() for p in pair):
+                raise ValueError("each swap is a pair of two non-empty words, e.g. [John, Maria]")
+        return value
+
+
+class Suite(_Strict):
+    """One evaluation: dataset, targets, decoding, metrics, extraction, gates, review push."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str | None = None
+    dataset: DatasetSpec
+    targets: list[str] = Field(min_length=1)
+    base_model: str | None = Field(default=None, description="What `base` means; default: from /v1/models.")
+    baseline: str | None = Field(default=None, description="Target the others are compared with.")
+    system_prompt: str | None = None
+    generation: Generation = Field(default_factory=Generation)
+    metrics: list[str | dict[str, dict[str, Any]]] = Field(min_length=1)
+    extraction: Extraction = Field(default_factory=Extraction)
+    gates: list[Gate] = Field(default_factory=list)
+    review: ReviewSpec = Field(default_factory=ReviewSpec)
+    stats: StatsSpec = Field(default_factory=StatsSpec)
+    counterfactual: Counterfactual | None = None
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _path_shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @field_validator("gates", mode="before")
+    @classmethod
+    def _gate_forms(cls, value: Any) -> Any:
+        return [parse_gate(g) for g in value] if isinstance(value, list) else value
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str | dict[str, dict[str, Any]]]) -> list[str | dict[str, dict[str, Any]]]:
+        for item in value:
+            for name in [item] if isinstance(item, str) else list(item):
+                if name not in FAMILY_OF:
+                    raise ValueError(f"unknown metric {name!r}; known: {', '.join(sorted(FAMILY_OF))}")
+        return value
+
+    @property
+    def baseline_target(self) -> str:
+        return self.baseline or (BASE if BASE in self.targets else self.targets[0])
+
+    def metric_families(self) -> dict[str, dict[str, Any]]:
+        """Family → options for every family a requested metric (or a gate) needs."""
+        families: dict[str, dict[str, Any]] = {}
+        for item in self.metrics:
+            entries = {item: {}} if isinstance(item, str) else item
+            for name, options in entries.items():
+                families.setdefault(FAMILY_OF[name], {}).update(options or {})
+        for gate in self.gates:
+            families.setdefault(FAMILY_OF[gate.metric], {})
+        return families
+
+
+def parse_gate(value: Any) -> Any:
+    """`"label_f1 >= 0.9"`, `{rougeL: {vs: base, min_delta: 0.05}}` or `{metric: …}` → Gate fields."""
+    if isinstance(value, str):
+        m = _GATE_RE.match(value)
+        if not m:
+            raise ValueError(f"cannot read gate {value!r}; write e.g. 'label_f1 >= 0.9'")
+        return {"metric": m.group(1), "op": m.group(2), "threshold": float(m.group(3))}
+    if isinstance(value, dict) and len(value) == 1 and "metric" not in value:
+        (metric, options), = value.items()
+        if isinstance(options, (int, float)):
+            return {"metric": metric, "threshold": float(options)}
+        if isinstance(options, dict):
+            options = dict(options)
+            if "min" in options:
+                options["threshold"] = options.pop("min")
+            return {"metric": metric, **options}
+    return value
+
+
+def _check_references(suite: Suite, lines: dict, path: Path) -> None:
+    """Cross-field rules: gates name known metrics and targets, pairwise names targets."""
+    def fail(loc: tuple[Any, ...], msg: str, hint: str) -> None:
+        line = line_of(lines, loc)
+        raise ConfigError(f"{path}:{line}: {'.'.join(map(str, loc))}: {msg}", hint=hint)
+
+    if len(set(suite.targets)) != len(suite.targets):
+        fail(("targets",), "a target is listed twice", "list each target once")
+    if suite.baseline_target not in suite.targets:
+        fail(("baseline",), f"{suite.baseline_target!r} is not a target", "pick one of 'targets'")
+    for i, gate in enumerate(suite.gates):
+        if gate.metric not in FAMILY_OF or FAMILY_OF[gate.metric] == gate.metric and gate.metric in (
+                "rouge", "classification"):
+            fail(("gates", i), f"unknown metric {gate.metric!r}", "use a metric name such as rougeL or label_f1")
+        if gate.vs is None and gate.threshold is None:
+            fail(("gates", i), "needs a threshold or 'vs'", "e.g. 'label_f1 >= 0.9' or {rougeL: {vs: base}}")
+        for t in [gate.vs, *(gate.targets or [])]:
+            if t is not None and t not in suite.targets:
+                fail(("gates", i), f"{t!r} is not a target", "name one of 'targets'")
+        if FAMILY_OF[gate.metric] == "classification" and not suite.extraction.labels:
+            fail(("gates", i), f"{gate.metric} needs a declared label set", "add extraction.labels")
+    if suite.review.pairwise:
+        for t in suite.review.pairwise:
+            if t not in suite.targets:
+                fail(("review", "pairwise"), f"{t!r} is not a target", "name two of 'targets'")
+    if "classification" in suite.metric_families() and not suite.extraction.labels:
+        fail(("extraction",), "label metrics need extraction.labels", "declare the label set")
+    if suite.dataset.path is None and suite.dataset.adapter is None:
+        fail(("dataset",), "give 'path' or 'adapter'", "e.g. dataset: ../data/test.jsonl")
+
+
+def load_suite(path: Path) -> Suite:
+    """Read and validate a suite; a ConfigError names file:line, the key and the fix."""
+    path = Path(path)
+    data, lines = load_yaml_with_lines(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a suite is a YAML mapping", hint="start with 'name:', 'dataset:', 'targets:'")
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _yaml_loc(err["loc"], lines)
+        line = line_of(lines, loc)
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}:{line}: {key}: {msg}", hint=_hint(err)) from None
+    _check_references(suite, lines, path)
+    return suite
+
+
+def _yaml_loc(loc: tuple[Any, ...], lines: dict) -> tuple[Any, ...]:
+    """Drop pydantic's union-member tags from an error location, keeping the YAML keys."""
+    kept: tuple[Any, ...] = ()
+    for i, part in enumerate(loc):
+        if (*kept, part) in lines or i == len(loc) - 1 and not isinstance(part, int) and part[:1].islower() \
+                and "[" not in part and part not in ("str", "dict", "list", "int", "float"):
+            kept = (*kept, part)
+    return kept
+
+
+def _hint(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "remove the key or fix its spelling; see examples/suites/"
+    if err["type"] == "missing":
+        return "add the key; see examples/suites/"
+    return "see examples/suites/ for a valid suite"
+
+
+def suite_from_dict(data: dict[str, Any]) -> Suite:
+    """A suite from an already-parsed dict (stored runs keep the resolved suite as JSON)."""
+    return Suite.model_validate(data)

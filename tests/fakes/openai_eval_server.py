@@ -1,0 +1,119 @@
+"""A tiny OpenAI-compatible server on a loopback port (real HTTP) for evaluation tests.
+
+Answers are scripted per model: `answers[model][last user message]`, else `default(model, text)`.
+`fail_next` queues HTTP status codes to return before answering normally (fault injection);
+`requests` logs every chat request body. `served` maps a requested name to the version reported.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+def _echo(model: str, text: str) -> str:
+    return f"{model} says: {text[:40]}"
+
+
+@dataclass
+class FakeState:
+    base: str = "fake-base"
+    adapters: list[str] = field(default_factory=list)
+    answers: dict[str, dict[str, str]] = field(default_factory=dict)
+    default: Callable[[str, str], str] = _echo
+    served: dict[str, str] = field(default_factory=dict)
+    fail_next: list[int] = field(default_factory=list)
+    api_key: str | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                   "code": status}}, status_code=status)
+
+
+def create_app(state: FakeState) -> FastAPI:
+    app = FastAPI()
+
+    def authorised(request: Request) -> bool:
+        return state.api_key is None or request.headers.get("authorization") == f"Bearer {state.api_key}"
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Any:
+        if not authorised(request):
+            return _error(401, "bad key")
+        data = [{"id": state.base, "object": "model", "root": f"/models/{state.base}", "parent": None}]
+        data += [{"id": a, "object": "model", "root": a, "parent": state.base} for a in state.adapters]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        if not authorised(request):
+            return _error(401, "bad key")
+        body = await request.json()
+        with state.lock:
+            state.requests.append(body)
+            status = state.fail_next.pop(0) if state.fail_next else None
+        if status is not None:
+            resp = _error(status, "injected fault")
+            if status == 429:
+                resp.headers["Retry-After"] = "0"
+            return resp
+        model = body["model"]
+        if model != state.base and model not in state.adapters:
+            return _error(404, f"model {model!r} not found")
+        text = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        answer = state.answers.get(model, {}).get(text)
+        if answer is None:
+            answer = state.default(model, text)
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": state.served.get(model, model),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": len(text.split()), "completion_tokens": len(answer.split()),
+                          "total_tokens": len(text.split()) + len(answer.split())}}
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    state: FakeState
+
+
+@contextmanager
+def serve(state: FakeState | None = None) -> Iterator[RunningServer]:
+    """Run the fake on 127.0.0.1:<free port> in a thread; stopped on exit."""
+    state = state or FakeState()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("fake OpenAI server did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", state)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
