@@ -1,5 +1,83 @@
-"""`lorafleet serve` — placeholder until issue 5 lands."""
+"""`lorafleet serve`: the OpenAI-compatible multi-LoRA gateway (starts vLLM unless --upstream)."""
 
-from lorafleet.cli.common import not_yet
+from __future__ import annotations
 
-app = not_yet("serve", 5)
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from lorafleet.cli.common import console, settings_from
+from lorafleet.errors import ConfigError
+
+app = typer.Typer(help="The OpenAI-compatible multi-LoRA gateway.", no_args_is_help=False)
+
+
+def _rates(values: list[str]) -> dict[str, float]:
+    rates = {}
+    for value in values:
+        name, sep, rate = value.partition("=")
+        try:
+            rates[name] = float(rate) if sep else 1.0
+        except ValueError:
+            raise ConfigError(f"--capture {value!r}", hint="use NAME=RATE, e.g. support-intents=0.05") from None
+    return rates
+
+
+@app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    base: Annotated[Path | None, typer.Option(help="Base model HF folder (default: the embedded one).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default 8000).")] = None,
+    upstream: Annotated[list[str] | None, typer.Option(
+        help="Use this running vLLM server instead of starting one (repeatable).")] = None,
+    upstream_api_key: Annotated[str | None, typer.Option(
+        help="API key of the --upstream servers (or LORAFLEET_UPSTREAM_API_KEY).")] = None,
+    base_name: Annotated[str | None, typer.Option(help="Model name clients use for the base.")] = None,
+    max_loras: Annotated[int | None, typer.Option(help="Adapters per vLLM batch.")] = None,
+    max_lora_rank: Annotated[int | None, typer.Option(help="Largest adapter rank vLLM accepts.")] = None,
+    hot_set: Annotated[int | None, typer.Option(help="Adapters kept loaded per upstream (LRU).")] = None,
+    pin: Annotated[list[str] | None, typer.Option(help="Adapter ref to load at start and keep (repeatable).")] = None,
+    review_url: Annotated[str | None, typer.Option(help="Review app URL for capture.")] = None,
+    review_token: Annotated[str | None, typer.Option(help="Review app ingest token.")] = None,
+    capture: Annotated[list[str] | None, typer.Option(help="NAME=RATE: capture this share of an adapter's "
+                                                           "traffic for review (repeatable).")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No keys (loopback host only).")] = False,
+    no_probe: Annotated[bool, typer.Option("--no-probe", help="Skip the after-load no-op check.")] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the base and every registered adapter behind one OpenAI-compatible endpoint."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from lorafleet.serve.app import create_app
+    from lorafleet.serve.config import ServeSettings
+
+    core = settings_from(ctx)
+    overrides = {
+        "base": base, "host": host, "port": port, "upstreams": upstream or None,
+        "upstream_api_key": upstream_api_key, "base_name": base_name, "max_loras": max_loras,
+        "max_lora_rank": max_lora_rank, "hot_set": hot_set, "pins": pin or None, "review_url": review_url,
+        "review_token": review_token, "capture": _rates(capture) if capture else None,
+        "no_auth": True if no_auth else None, "probe": False if no_probe else None,
+    }
+    try:
+        env_settings = ServeSettings()
+        fields = {k: v for k, v in core.model_dump().items() if k in core.model_fields_set or v is not None}
+        settings = ServeSettings.model_validate({**env_settings.model_dump(), **fields,
+                                                 **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"setting {field!r}: {err['msg']}", hint=f"check --{field.replace('_', '-')}") from None
+    application = create_app(settings)
+    where = f"http://{settings.host}:{settings.port}"
+    if not settings.upstreams:
+        console.print(f"starting vLLM on {settings.base_dir} (60-90 s on CPU), then serving on {where}")
+    else:
+        console.print(f"serving on {where} in front of {', '.join(settings.upstreams)}")
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level,
+                timeout_graceful_shutdown=10)

@@ -1,0 +1,124 @@
+"""`create_app(settings)`: the gateway FastAPI app; services are built here and kept on app.state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from lorafleet.serve.adapters import HotSet
+from lorafleet.serve.auth import Authenticator
+from lorafleet.serve.capture import Capture
+from lorafleet.serve.config import ServeSettings
+from lorafleet.serve.keys import KeyStore
+from lorafleet.serve.metrics import create_metrics
+from lorafleet.serve.protocol import ApiError
+from lorafleet.serve.proxy import Proxy
+from lorafleet.serve.routes import admin, openai, ops
+from lorafleet.serve.routing import Router
+from lorafleet.serve.state import GatewayState
+from lorafleet.serve.upstream import ChildSupervisor, HttpUpstream, UpstreamPool, VllmLaunch, free_port
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lorafleet.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None = None,
+               key_store: KeyStore | None = None,
+               review_transport: httpx.BaseTransport | None = None) -> FastAPI:
+    """Build the gateway. `upstreams` (tests) replaces both --upstream and the vLLM child."""
+    settings.check()
+    state = build_state(settings, upstreams=upstreams, key_store=key_store, review_transport=review_transport)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(title="lorafleet gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = state
+    for module in (openai, ops, admin):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    return app
+
+
+def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None,
+                key_store: KeyStore | None, review_transport: httpx.BaseTransport | None) -> GatewayState:
+    metrics_registry = CollectorRegistry()
+    metrics = create_metrics(metrics_registry)
+    supervisor = None
+    if upstreams is None:
+        upstreams, supervisor = _upstreams(settings)
+    base_name = settings.base_name or settings.base_dir.resolve().name
+    registry = Registry(settings.registry_dir)
+    router = Router(registry, base_name, ttl=settings.registry_ttl)
+    pool = UpstreamPool(upstreams, interval=settings.health_interval)
+    hot_sets = {u.name: HotSet(u, capacity=settings.hot_set, metrics=metrics, base_name=base_name,
+                               probe=settings.probe) for u in upstreams}
+    if key_store is None and not settings.no_auth:
+        key_store = KeyStore(settings.db_url)
+    if settings.no_auth:
+        log.warning("AUTHENTICATION IS OFF (--no-auth): anyone who can reach %s:%s may use every adapter",
+                    settings.host, settings.port)
+    token = settings.review_token.get_secret_value() if settings.review_token else None
+    capture = Capture.from_settings(settings.capture, settings.review_url, token, settings.review_queue,
+                                    settings.spool_path, metrics, transport=review_transport)
+    proxy = Proxy(router=router, pool=pool, hot_sets=hot_sets, metrics=metrics, capture=capture,
+                  max_in_flight=settings.max_in_flight)
+    return GatewayState(settings=settings, registry=registry, router=router, pool=pool, hot_sets=hot_sets,
+                        auth=Authenticator(key_store, ttl=settings.key_cache_ttl, no_auth=settings.no_auth),
+                        metrics=metrics, metrics_registry=metrics_registry, capture=capture, proxy=proxy,
+                        key_store=key_store, supervisor=supervisor)
+
+
+def _upstreams(settings: ServeSettings) -> tuple[list[HttpUpstream], ChildSupervisor | None]:
+    kwargs = {"request_timeout": settings.request_timeout, "connect_timeout": settings.connect_timeout}
+    if settings.upstreams:
+        key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        return [HttpUpstream(f"u{i}", url, key, **kwargs) for i, url in enumerate(settings.upstreams)], None
+    base_dir = settings.base_dir.resolve()
+    launch = VllmLaunch(model=base_dir, served_name=settings.base_name or base_dir.name,
+                        max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank,
+                        max_cpu_loras=max(settings.hot_set, settings.max_loras), kv_cache_gb=settings.kv_cache_gb,
+                        lora_plugin=settings.lora_plugin, extra_args=settings.vllm_args,
+                        port=free_port(), log_path=settings.data_dir / "logs" / "vllm.log")
+    upstream = HttpUpstream("local", f"http://127.0.0.1:{launch.port}", launch.api_key, **kwargs)
+    supervisor = ChildSupervisor(launch, upstream, ready_timeout=settings.vllm_ready_timeout)
+    return [upstream], supervisor
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in OpenAI's shape; nothing internal reaches the client."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
+        param = ".".join(str(p) for p in err["loc"] if p != "body") or None
+        return ApiError(400, f"invalid request: {param or 'body'}: {err['msg']}", param=param,
+                        code="invalid_request").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None
+                        ).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return ApiError(500, "internal gateway error (logged)", type_="server_error", code="internal_error"
+                        ).response()

@@ -1,0 +1,75 @@
+"""Gateway settings: core Settings plus what `lorafleet serve` needs; CLI flags go on top."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+
+from lorafleet.config import Settings
+from lorafleet.errors import ConfigError
+
+LOOPBACK_NAMES = {"localhost"}
+
+
+class ServeSettings(Settings):
+    """Everything the gateway process reads, from LORAFLEET_* env vars and `lorafleet serve` flags."""
+
+    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    upstreams: list[str] = Field(default_factory=list,
+                                 description="Existing vLLM servers; empty: start one as a child process.")
+    upstream_api_key: SecretStr | None = Field(default=None, description="API key of the --upstream servers.")
+    base_name: str | None = Field(default=None, description="Model name of the base; default: its folder name.")
+    max_loras: int = Field(default=4, ge=1, description="Adapters in one vLLM batch (--max-loras).")
+    max_lora_rank: int = Field(default=16, description="vLLM --max-lora-rank.")
+    hot_set: int = Field(default=16, ge=1, description="Adapters kept loaded per upstream (LRU beyond).")
+    pins: list[str] = Field(default_factory=list, description="Adapter refs loaded at start and never evicted.")
+    review_url: str | None = Field(default=None, description="Human-review app base URL for capture.")
+    review_token: SecretStr | None = None
+    review_queue: str = Field(default="capture", description="Review queue captured samples go to.")
+    capture: dict[str, float] = Field(default_factory=dict,
+                                      description="Adapter name → sample rate in [0, 1] sent to review.")
+    no_auth: bool = Field(default=False, description="Serve without keys (loopback host only).")
+    lora_plugin: bool = Field(default=True, description="Passed to the vLLM child as LORAFLEET_LORA_PLUGIN.")
+    probe: bool = Field(default=True, description="After a load, warn if the adapter output equals the base's.")
+    vllm_args: list[str] = Field(default_factory=list, description="Extra arguments for the vLLM child.")
+    vllm_ready_timeout: float = Field(default=900.0, gt=0)
+    kv_cache_gb: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU child.")
+    request_timeout: float = Field(default=600.0, gt=0, description="Seconds an upstream may take to answer.")
+    connect_timeout: float = Field(default=5.0, gt=0)
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    max_in_flight: int = Field(default=512, ge=1, description="Requests in flight before 503.")
+    health_interval: float = Field(default=2.0, gt=0, description="Seconds between upstream health checks.")
+    registry_ttl: float = Field(default=2.0, ge=0, description="Seconds a resolved alias is cached.")
+    key_cache_ttl: float = Field(default=5.0, ge=0, description="Seconds a verified key is cached.")
+
+    @field_validator("capture")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, rate in value.items():
+            if not 0 <= rate <= 1:
+                raise ValueError(f"capture rate of {name!r} is {rate}; use a number in [0, 1]")
+        return value
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "capture-spool.jsonl"
+
+    def check(self) -> None:
+        """Refuse unsafe combinations before anything starts."""
+        if self.no_auth and not is_loopback(self.host):
+            raise ConfigError(f"--no-auth with host {self.host!r}",
+                              hint="--no-auth is only allowed on a loopback host such as 127.0.0.1")
+        if self.capture and not self.review_url:
+            raise ConfigError("capture is on but no review URL is set", hint="pass --review-url URL")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

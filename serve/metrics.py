@@ -1,0 +1,69 @@
+"""Prometheus metrics of the gateway. Names are a contract (the Grafana dashboard uses them);
+labels stay bounded: adapter names and versions come from the registry, never from the client
+(unknown models are counted as adapter `unknown`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BASE_LABEL = "base"
+NO_VERSION = "-"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Counter
+    duration: Histogram
+    ttft: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
+    in_flight: Gauge
+    adapter_loads: Counter
+    adapter_unloads: Counter
+    adapter_load_seconds: Histogram
+    hot_set_size: Gauge
+    upstream_up: Gauge
+    probe_warnings: Counter
+    capture_sent: Counter
+    capture_spooled: Counter
+
+
+def create_metrics(registry: CollectorRegistry) -> Metrics:
+    """Register every gateway metric on `registry` (one per app, so tests stay independent)."""
+    return Metrics(
+        requests=Counter("lorafleet_requests_total", "Requests by adapter, version, endpoint and HTTP status.",
+                         ["adapter", "version", "endpoint", "status"], registry=registry),
+        duration=Histogram("lorafleet_request_duration_seconds", "Request latency until the last byte.",
+                           ["adapter", "version", "endpoint"], buckets=LATENCY_BUCKETS, registry=registry),
+        ttft=Histogram("lorafleet_time_to_first_token_seconds", "Time to the first streamed token.",
+                       ["adapter", "version"], buckets=TTFT_BUCKETS, registry=registry),
+        prompt_tokens=Counter("lorafleet_prompt_tokens_total", "Prompt tokens.", ["adapter", "version"],
+                              registry=registry),
+        completion_tokens=Counter("lorafleet_completion_tokens_total", "Completion tokens.",
+                                  ["adapter", "version"], registry=registry),
+        in_flight=Gauge("lorafleet_requests_in_flight", "Requests being served.", ["adapter"], registry=registry),
+        adapter_loads=Counter("lorafleet_adapter_loads_total", "Adapter loads by upstream and result.",
+                              ["upstream", "result"], registry=registry),
+        adapter_unloads=Counter("lorafleet_adapter_unloads_total", "Adapter unloads (LRU or admin).",
+                                ["upstream"], registry=registry),
+        adapter_load_seconds=Histogram("lorafleet_adapter_load_seconds", "Seconds to load an adapter.",
+                                       buckets=LOAD_BUCKETS, registry=registry),
+        hot_set_size=Gauge("lorafleet_hot_set_size", "Adapters loaded per upstream.", ["upstream"],
+                           registry=registry),
+        upstream_up=Gauge("lorafleet_upstream_up", "1 when the upstream answers and is ready.", ["upstream"],
+                          registry=registry),
+        probe_warnings=Counter("lorafleet_probe_warnings_total",
+                               "Adapters whose probe output equals the base's (likely a no-op adapter).",
+                               ["adapter", "version"], registry=registry),
+        capture_sent=Counter("lorafleet_capture_sent_total", "Captured samples sent to the review app.",
+                             registry=registry),
+        capture_spooled=Counter("lorafleet_capture_spooled_total",
+                                "Captured samples spooled to disk while the review app was unreachable.",
+                                registry=registry),
+    )

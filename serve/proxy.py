@@ -1,0 +1,297 @@
+"""The request path: validate → scope → resolve → pick upstream and load adapter → forward →
+stream back chunk by chunk, recording metrics and capture on the way.
+
+Services here never see a Starlette Request: the route passes the body, the key and a
+`disconnected` awaitable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi.responses import Response, StreamingResponse
+from lorafleet.serve.adapters import HotSet
+from lorafleet.serve.capture import Capture
+from lorafleet.serve.keys import KeyInfo
+from lorafleet.serve.metrics import UNKNOWN, Metrics
+from lorafleet.serve.protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    forbidden,
+    invalid_body,
+    upstream_unavailable,
+)
+from lorafleet.serve.routing import Router, Target
+from lorafleet.serve.upstream import HttpUpstream, UpstreamError, UpstreamPool
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
+    "chat": ("/v1/chat/completions", ChatCompletionRequest),
+    "completions": ("/v1/completions", CompletionRequest),
+}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class Call:
+    """One request on its way through the gateway."""
+
+    endpoint: str
+    body: dict[str, Any]
+    target: Target
+    stream: bool
+    user: str | None
+    start: float
+    capture: bool
+    status: int = 200
+
+
+class Proxy:
+    """Forwards OpenAI requests to the right upstream with the right adapter loaded."""
+
+    def __init__(self, *, router: Router, pool: UpstreamPool, hot_sets: dict[str, HotSet], metrics: Metrics,
+                 capture: Capture, max_in_flight: int) -> None:
+        self.router = router
+        self.pool = pool
+        self.hot_sets = hot_sets
+        self.metrics = metrics
+        self.capture = capture
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    # ---- entry -----------------------------------------------------------------------------
+    async def handle(self, endpoint: str, raw: bytes, key: KeyInfo,
+                     disconnected: Callable[[], Awaitable[None]]) -> Response:
+        start = time.perf_counter()
+        try:
+            call = self._prepare(endpoint, raw, key, start)
+        except ApiError as exc:
+            self.metrics.requests.labels(UNKNOWN, "-", endpoint, str(exc.status)).inc()
+            return exc.response()
+        if self.in_flight >= self.max_in_flight:
+            return self._fail(call, ApiError(503, "the gateway is at its in-flight limit; retry shortly",
+                                             type_="server_error", code="overloaded", retry_after=1))
+        self.in_flight += 1
+        self.metrics.in_flight.labels(call.target.adapter).inc()
+        streaming = False
+        try:
+            upstream = await self._acquire(call)
+            if call.stream:
+                response = await self._stream(call, upstream)
+                streaming = isinstance(response, StreamingResponse)
+                return response
+            return await _unless_disconnected(self._forward(call, upstream), disconnected)
+        except ApiError as exc:
+            return self._fail(call, exc)
+        except UpstreamError as exc:
+            return self._fail(call, upstream_unavailable(exc.message, exc.status))
+        finally:
+            if not streaming:  # a stream releases when it ends
+                self._done(call)
+
+    def _prepare(self, endpoint: str, raw: bytes, key: KeyInfo, start: float) -> Call:
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object", code="invalid_request")
+        try:
+            request = ENDPOINTS[endpoint][1].model_validate(body)
+        except ValidationError as exc:
+            raise invalid_body(exc) from None
+        model: str = request.model  # type: ignore[attr-defined]
+        if model != self.router.base_name and not key.allows(model):
+            raise forbidden(model)
+        user = body.get("user") if isinstance(body.get("user"), str) else None
+        target = self.router.resolve(model, user)
+        stream = bool(body.get("stream"))
+        return Call(endpoint, body, target, stream, user, start, self.capture.wants(target.adapter))
+
+    async def _acquire(self, call: Call) -> HttpUpstream:
+        served = call.target.served_name
+        if call.target.is_base:
+            upstream = self.pool.pick(None, lambda u: True)
+        else:
+            upstream = self.pool.pick(served, lambda u: self.hot_sets[u.name].holds(served))
+            hot = self.hot_sets[upstream.name]
+            assert call.target.adapter_ref is not None
+            hot.in_use[served] += 1
+            try:
+                await hot.ensure(served, call.target.adapter_ref.path)
+            except BaseException:
+                hot.in_use[served] -= 1
+                raise
+        upstream.in_flight += 1
+        call.body["model"] = served
+        call.body.pop("__upstream__", None)
+        setattr(call, "upstream", upstream)  # noqa: B010 - released in _done
+        return upstream
+
+    def _done(self, call: Call) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.labels(call.target.adapter).dec()
+        upstream: HttpUpstream | None = getattr(call, "upstream", None)
+        if upstream is not None:
+            upstream.in_flight -= 1
+            if not call.target.is_base:
+                self.hot_sets[upstream.name].in_use[call.target.served_name] -= 1
+        labels = (call.target.adapter, call.target.version)
+        self.metrics.requests.labels(*labels, call.endpoint, str(call.status)).inc()
+        self.metrics.duration.labels(*labels, call.endpoint).observe(time.perf_counter() - call.start)
+
+    def _fail(self, call: Call, exc: ApiError) -> Response:
+        call.status = exc.status
+        return exc.response()
+
+    # ---- non-streaming ---------------------------------------------------------------------
+    async def _forward(self, call: Call, upstream: HttpUpstream) -> Response:
+        resp = await self._send(call, upstream, stream=False)
+        content = resp.content
+        call.status = resp.status_code
+        if resp.status_code == 200:
+            self._account(call, content)
+        return Response(content, status_code=resp.status_code, media_type="application/json")
+
+    async def _send(self, call: Call, upstream: HttpUpstream, *, stream: bool) -> httpx.Response:
+        """Send to the upstream; if it lost the adapter (restarted), reload once and retry."""
+        for attempt in (1, 2):
+            payload = json.dumps(call.body).encode()
+            request = upstream.client.build_request(
+                "POST", ENDPOINTS[call.endpoint][0], content=payload, headers={"Content-Type": "application/json"})
+            try:
+                resp = await upstream.client.send(request, stream=stream)
+            except httpx.TimeoutException:
+                raise upstream_unavailable(f"upstream {upstream.name} timed out", 504) from None
+            except httpx.HTTPError as exc:
+                upstream.up = upstream.ready = False  # the health loop brings it back
+                raise upstream_unavailable(f"upstream {upstream.name} unreachable ({exc.__class__.__name__})",
+                                           502) from None
+            if resp.status_code == 404 and attempt == 1 and not call.target.is_base:
+                await resp.aread()
+                await resp.aclose()
+                hot = self.hot_sets[upstream.name]
+                hot.forget(call.target.served_name)
+                assert call.target.adapter_ref is not None
+                await hot.ensure(call.target.served_name, call.target.adapter_ref.path)
+                continue
+            return resp
+        raise AssertionError("unreachable")
+
+    def _account(self, call: Call, content: bytes) -> None:
+        try:
+            data = json.loads(content)
+        except json.JSONDecodeError:
+            return
+        self._count_usage(call, data.get("usage"))
+        if call.capture:
+            choices = data.get("choices") or [{}]
+            first = choices[0]
+            text = first.get("text") if call.endpoint == "completions" else (first.get("message") or {}).get(
+                "content")
+            self._capture(call, text or "")
+
+    def _count_usage(self, call: Call, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        labels = (call.target.adapter, call.target.version)
+        self.metrics.prompt_tokens.labels(*labels).inc(int(usage.get("prompt_tokens") or 0))
+        self.metrics.completion_tokens.labels(*labels).inc(int(usage.get("completion_tokens") or 0))
+
+    def _capture(self, call: Call, text: str) -> None:
+        prompt = call.body.get("messages") if call.endpoint == "chat" else call.body.get("prompt")
+        self.capture.record(served_name=call.target.served_name, prompt=prompt, response=text,
+                            endpoint=call.endpoint, user=call.user)
+
+    # ---- streaming -------------------------------------------------------------------------
+    async def _stream(self, call: Call, upstream: HttpUpstream) -> Response:
+        options = call.body.get("stream_options")
+        injected = not (isinstance(options, dict) and options.get("include_usage"))
+        if injected:  # ask for usage (token metrics); the extra chunk is not passed on
+            call.body["stream_options"] = {**(options or {}), "include_usage": True}
+        resp = await self._send(call, upstream, stream=True)
+        if resp.status_code != 200:
+            content = await resp.aread()
+            await resp.aclose()
+            call.status = resp.status_code
+            return Response(content, status_code=resp.status_code, media_type="application/json")
+        return StreamingResponse(self._relay(call, upstream, resp, injected), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
+
+    async def _relay(self, call: Call, upstream: HttpUpstream, resp: httpx.Response,
+                     injected: bool) -> AsyncIterator[bytes]:
+        """Pass SSE events through as they arrive; on upstream death send one error event."""
+        buffer = b""
+        first = True
+        texts: list[str] = []
+        try:
+            async for chunk in resp.aiter_raw():
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    if first:
+                        first = False
+                        self.metrics.ttft.labels(call.target.adapter, call.target.version).observe(
+                            time.perf_counter() - call.start)
+                    if self._inspect(call, event, texts, injected):
+                        yield event + b"\n\n"
+            if buffer.strip():
+                yield buffer
+        except httpx.HTTPError as exc:
+            call.status = 502
+            upstream.up = upstream.ready = False
+            log.error("upstream %s failed mid-stream (%s)", upstream.name, exc.__class__.__name__)
+            err = upstream_unavailable(f"upstream {upstream.name} failed mid-stream; retry the request", 502)
+            yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+        finally:
+            await resp.aclose()
+            if call.capture and call.status == 200:
+                self._capture(call, "".join(texts))
+            self._done(call)
+
+    def _inspect(self, call: Call, event: bytes, texts: list[str], injected: bool) -> bool:
+        """Record usage and captured text from one event; False drops the event (our usage chunk)."""
+        if b'"usage"' not in event and not call.capture:
+            return True
+        if not event.startswith(b"data: {"):
+            return True
+        try:
+            data = json.loads(event[6:])
+        except json.JSONDecodeError:
+            return True
+        usage = data.get("usage")
+        if usage:
+            self._count_usage(call, usage)
+        if call.capture:
+            for choice in data.get("choices") or []:
+                if choice.get("index", 0) == 0:
+                    piece = choice.get("text") if call.endpoint == "completions" else (
+                        choice.get("delta") or {}).get("content")
+                    texts.append(piece or "")
+        return not (injected and usage and not data.get("choices"))
+
+
+async def _unless_disconnected(work: Awaitable[Response], disconnected: Callable[[], Awaitable[None]]) -> Response:
+    """Run `work`; if the client goes away first, cancel it (which closes the upstream request)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise ApiError(499, "client disconnected", code="client_closed_request")
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()

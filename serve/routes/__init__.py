@@ -1,0 +1,1 @@
+"""HTTP routes: thin functions that parse, call a service on `app.state`, and map the result."""

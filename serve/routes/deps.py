@@ -1,0 +1,60 @@
+"""Shared route dependencies: the gateway services, the caller's key, the body with a size limit."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from lorafleet.serve.keys import KeyInfo
+from lorafleet.serve.protocol import ApiError
+from lorafleet.serve.state import GatewayState
+
+
+def get_state(request: Request) -> GatewayState:
+    return request.app.state.gateway
+
+
+State = Annotated[GatewayState, Depends(get_state)]
+
+
+def current_key(state: State, authorization: Annotated[str | None, Header()] = None) -> KeyInfo:
+    return state.auth.authenticate(authorization)
+
+
+def admin_key(state: State, authorization: Annotated[str | None, Header()] = None) -> KeyInfo:
+    return state.auth.require_admin(authorization)
+
+
+CurrentKey = Annotated[KeyInfo, Depends(current_key)]
+AdminKey = Annotated[KeyInfo, Depends(admin_key)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes (413) whether or not Content-Length is sent."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body over the limit of {limit} bytes", code="request_too_large")
+
+
+def disconnect_waiter(request: Request):
+    """An awaitable that returns once the client has gone away."""
+
+    async def wait() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    return wait

@@ -1,0 +1,68 @@
+"""From the client's `model` to what to serve: the base, or one exact adapter version.
+
+Weighted aliases (canary) go through `Registry.resolve(ref, sticky_key=user)`, so the same OpenAI
+`user` always gets the same version. Plain aliases and versions are cached for `ttl` seconds so a
+request does not read the registry files every time (`clear()` after an admin reload).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from lorafleet.serve.metrics import BASE_LABEL, NO_VERSION
+from lorafleet.serve.protocol import ApiError, model_not_found
+
+from lorafleet.errors import InvalidNameError, NotFoundError, RegistryError
+from lorafleet.refs import parse_ref
+from lorafleet.registry import Registry, ResolvedAdapter
+
+
+@dataclass(frozen=True)
+class Target:
+    """One resolved request target."""
+
+    served_name: str  # the name vLLM serves: the base name or `name@vN`
+    adapter: str  # metrics label: adapter name or `base`
+    version: str  # metrics label: `vN` or `-`
+    adapter_ref: ResolvedAdapter | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.adapter_ref is None
+
+
+class Router:
+    """Resolves `model` strings; the base name always wins over an adapter of the same name."""
+
+    def __init__(self, registry: Registry, base_name: str, *, ttl: float = 2.0) -> None:
+        self.registry = registry
+        self.base_name = base_name
+        self.base = Target(base_name, BASE_LABEL, NO_VERSION)
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, Target]] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def resolve(self, model: str, user: str | None = None) -> Target:
+        """The target for `model`; raises ApiError 404 for unknown models/versions/aliases."""
+        if model == self.base_name:
+            return self.base
+        hit = self._cache.get(model)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            ref = parse_ref(model)
+            weighted = not ref.is_version and isinstance(self.registry.aliases(ref.name).get(ref.alias), dict)
+            resolved = self.registry.resolve(ref, sticky_key=user)
+        except (NotFoundError, InvalidNameError) as exc:
+            raise model_not_found(model, exc.message) from None
+        except RegistryError as exc:
+            raise ApiError(500, f"registry entry for {model!r} is broken: {exc.message}", type_="server_error",
+                           code="registry_error") from None
+        target = Target(resolved.served_name, resolved.name, resolved.version, resolved)
+        if not weighted:
+            self._cache[model] = (now + self.ttl, target)
+        return target

@@ -1,0 +1,357 @@
+"""vLLM upstreams: the HTTP client for one OpenAI-compatible vLLM server, the launcher that starts
+vLLM as a child process on loopback, and the supervisor that restarts it when it dies.
+
+An upstream is anything with a URL, a key and an `httpx.AsyncClient`; the gateway holds a list of
+them (`UpstreamPool`) so replica routing can grow without touching the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from lorafleet.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT = 120.0
+
+
+class UpstreamError(Exception):
+    """An upstream call that failed: `status` is what the gateway should answer."""
+
+    def __init__(self, message: str, *, status: int = 502, upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.upstream_status = upstream_status
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class HttpUpstream:
+    """One vLLM OpenAI server reached over HTTP with pooled connections."""
+
+    def __init__(self, name: str, url: str, api_key: str | None, *, request_timeout: float = 600.0,
+                 connect_timeout: float = 5.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.up = False
+        self.ready = False  # up and its adapters replayed
+        self.in_flight = 0
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.AsyncClient(
+            base_url=self.url, headers=headers, transport=transport,
+            timeout=httpx.Timeout(request_timeout, connect=connect_timeout, pool=connect_timeout * 6),
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=256),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def model_ids(self, timeout: float = 5.0) -> list[str]:
+        """What the server serves now (base + loaded LoRAs); raises UpstreamError when down."""
+        try:
+            resp = await self.client.get("/v1/models", timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream {self.name} unreachable ({exc.__class__.__name__})", status=503) from None
+        if resp.status_code != 200:
+            raise UpstreamError(f"upstream {self.name} answered {resp.status_code} to /v1/models", status=503)
+        return [m["id"] for m in resp.json().get("data", [])]
+
+    async def load_lora(self, served_name: str, path: Path) -> None:
+        """Load an adapter under its immutable served name; 'already loaded' counts as success."""
+        body = {"lora_name": served_name, "lora_path": str(path)}
+        resp = await self._post("/v1/load_lora_adapter", body)
+        if resp.status_code == 400 and "already been loaded" in resp.text:
+            return
+        if resp.status_code != 200:
+            raise UpstreamError(f"upstream {self.name} could not load {served_name}: "
+                                f"{_error_message(resp)}", upstream_status=resp.status_code)
+
+    async def unload_lora(self, served_name: str) -> None:
+        resp = await self._post("/v1/unload_lora_adapter", {"lora_name": served_name})
+        if resp.status_code not in (200, 404):
+            raise UpstreamError(f"upstream {self.name} could not unload {served_name}: "
+                                f"{_error_message(resp)}", upstream_status=resp.status_code)
+
+    async def chat_text(self, model: str, messages: list[dict], max_tokens: int = 8) -> str:
+        """A short greedy chat completion (used by the probe)."""
+        resp = await self._post("/v1/chat/completions", {"model": model, "messages": messages,
+                                                         "max_tokens": max_tokens, "temperature": 0})
+        if resp.status_code != 200:
+            raise UpstreamError(f"probe on {model} failed: {_error_message(resp)}", upstream_status=resp.status_code)
+        return str(resp.json()["choices"][0]["message"]["content"])
+
+    async def _post(self, path: str, body: dict) -> httpx.Response:
+        try:
+            return await self.client.post(path, json=body, timeout=LOAD_TIMEOUT)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream {self.name} unreachable ({exc.__class__.__name__})", status=503) from None
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json()["error"]["message"])[:300]
+    except Exception:  # noqa: BLE001 - any non-OpenAI body: show its start
+        return f"HTTP {resp.status_code} {resp.text[:200]}"
+
+
+# ---- the vLLM child process ------------------------------------------------------------------
+
+@dataclass
+class VllmLaunch:
+    """How to start one vLLM OpenAI server on loopback."""
+
+    model: Path
+    served_name: str
+    port: int = 0
+    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
+    kv_cache_gb: int = 2
+    lora_plugin: bool = True
+    extra_args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+               "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
+               "--api-key", self.api_key, "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
+               "--max-loras", str(self.max_loras), "--disable-uvicorn-access-log"]
+        if self.max_cpu_loras:
+            cmd += ["--max-cpu-loras", str(self.max_cpu_loras)]
+        return cmd + list(self.extra_args)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gb),
+            # Runtime LoRA loading is unsafe to expose: this server only listens on loopback
+            # behind its own random key, and only the gateway knows that key.
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "LORAFLEET_LORA_PLUGIN": "1" if self.lora_plugin else "0",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+        })
+        return env
+
+
+class VllmProcess:
+    """A running vLLM child: `.url`, `.api_key`, `.pid`; `stop()` ends its whole process group."""
+
+    def __init__(self, launch: VllmLaunch) -> None:
+        if not (Path(launch.model) / "config.json").is_file():
+            raise ConfigError(f"{launch.model}: not a Hugging Face model folder (no config.json)",
+                              hint="run `lorafleet base prepare` or pass --base DIR")
+        if launch.port == 0:
+            launch.port = free_port()
+        self.launch = launch
+        self.url = f"http://127.0.0.1:{launch.port}"
+        self.api_key = launch.api_key
+        log_file = subprocess.DEVNULL
+        if launch.log_path is not None:
+            launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_file = open(launch.log_path, "ab")  # noqa: SIM115 - handed to the child
+        # Own session, so stop() can end vLLM's engine-core children with it.
+        self.proc = subprocess.Popen(launch.command(), env=launch.env(), stdout=log_file,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        if log_file is not subprocess.DEVNULL:
+            log_file.close()
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        path = self.launch.log_path
+        if path is None or not path.exists():
+            return ""
+        return path.read_bytes()[-chars:].decode("utf-8", "replace")
+
+    def _probe(self) -> bool:
+        try:
+            resp = httpx.get(f"{self.url}/v1/models", headers={"Authorization": f"Bearer {self.api_key}"},
+                             timeout=2.0)
+            return resp.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = 900.0, on_tick: Callable[[float], None] | None = None) -> None:
+        """Block until the server answers /v1/models; raise ConfigError if it exits or times out."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if not self.alive():
+                raise ConfigError(f"vLLM exited with code {self.proc.returncode} while starting",
+                                  hint=f"see its log: {self.launch.log_path}\n{self.log_tail()}")
+            if self._probe():
+                return
+            if on_tick:
+                on_tick(time.monotonic() - start)
+            time.sleep(1.0)
+        self.stop()
+        raise ConfigError(f"vLLM did not become ready within {timeout:.0f}s",
+                          hint=f"see its log: {self.launch.log_path}")
+
+    async def wait_ready_async(self, timeout: float = 900.0) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if not self.alive():
+                raise ConfigError(f"vLLM exited with code {self.proc.returncode} while starting",
+                                  hint=f"see its log: {self.launch.log_path}")
+            if await asyncio.to_thread(self._probe):
+                return
+            await asyncio.sleep(1.0)
+        self.stop()
+        raise ConfigError(f"vLLM did not become ready within {timeout:.0f}s", hint=f"see {self.launch.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (tests use this to simulate a crash)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM the process group, SIGKILL after `grace` seconds."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.proc.wait(10)
+        else:
+            self.kill()  # the leader is gone; make sure its children are too
+
+
+class ChildSupervisor:
+    """Keeps one vLLM child alive: if it dies, marks the upstream down and restarts it with back-off."""
+
+    def __init__(self, launch: VllmLaunch, upstream: HttpUpstream, *, ready_timeout: float = 900.0) -> None:
+        self.launch = launch
+        self.upstream = upstream
+        self.ready_timeout = ready_timeout
+        self.process: VllmProcess | None = None
+        self.restarts = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.process = VllmProcess(self.launch)
+        log.info("started vLLM (pid %s) on %s", self.process.pid, self.process.url)
+        await self.process.wait_ready_async(self.ready_timeout)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        backoff = 1.0
+        while True:
+            await asyncio.sleep(0.5)
+            assert self.process is not None
+            if self.process.alive():
+                continue
+            self.upstream.up = self.upstream.ready = False
+            log.error("vLLM (pid %s) exited with code %s; restarting in %.0fs",
+                      self.process.pid, self.process.proc.returncode, backoff)
+            self.process.kill()
+            await asyncio.sleep(backoff)
+            try:
+                self.process = VllmProcess(self.launch)  # same port and key: the client stays valid
+                await self.process.wait_ready_async(self.ready_timeout)
+                self.restarts += 1
+                backoff = 1.0
+                log.warning("vLLM restarted (pid %s)", self.process.pid)
+            except ConfigError as exc:
+                log.error("vLLM restart failed: %s", exc.message)
+                backoff = min(backoff * 2, 60.0)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.process is not None:
+            await asyncio.to_thread(self.process.stop)
+
+
+class UpstreamPool:
+    """The upstreams behind the gateway and the loop that watches their health.
+
+    `on_recovered(upstream, model_ids)` runs when an upstream answers again (or serves fewer
+    adapters than we loaded, i.e. it restarted) and must replay its adapters; the upstream is
+    marked ready only after it returns.
+    """
+
+    def __init__(self, upstreams: list[HttpUpstream], *, interval: float = 2.0) -> None:
+        self.upstreams = upstreams
+        self.interval = interval
+        self.on_recovered: Callable[[HttpUpstream, list[str]], Awaitable[None]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return any(u.ready for u in self.upstreams)
+
+    def pick(self, served_name: str | None, loaded: Callable[[HttpUpstream], bool]) -> HttpUpstream:
+        """A ready upstream, preferring one that already holds the adapter, then the least busy."""
+        ready = [u for u in self.upstreams if u.ready]
+        if not ready:
+            raise UpstreamError("no upstream is ready (vLLM is starting or restarting)", status=503)
+        if served_name is not None:
+            holding = [u for u in ready if loaded(u)]
+            if holding:
+                ready = holding
+        return min(ready, key=lambda u: u.in_flight)
+
+    async def check_all(self) -> None:
+        for upstream in self.upstreams:
+            await self.check(upstream)
+
+    async def check(self, upstream: HttpUpstream) -> None:
+        try:
+            ids = await upstream.model_ids()
+        except UpstreamError as exc:
+            if upstream.up:
+                log.error("%s", exc.message)
+            upstream.up = upstream.ready = False
+            return
+        upstream.up = True
+        if self.on_recovered is not None:
+            await self.on_recovered(upstream, ids)
+        upstream.ready = True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check_all()
+            except Exception:  # noqa: BLE001 - the watcher must survive anything
+                log.exception("upstream health check failed")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for upstream in self.upstreams:
+            await upstream.aclose()
