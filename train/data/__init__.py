@@ -1,0 +1,1 @@
+"""Dataset work before training: checks, splits, conversion, mechanical fixes, augmentation."""
