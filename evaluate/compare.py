@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lorafleet.errors import ConfigError
 from lorafleet.evaluate.results import Comparison
-from lorafleet.evaluate.scoring import compare_metrics, gold_labels, score_target
+from lorafleet.evaluate.scoring import compare_metrics, gold_labels, score_target, with_labels
 from lorafleet.evaluate.store import RunStore
 from lorafleet.evaluate.suite import suite_from_dict
 
@@ -40,6 +40,7 @@ def compare_runs(run_a: Path, run_b: Path, *, target_a: str | None = None, targe
     if differing:
         raise ConfigError(f"sample {differing[0]!r} has different prompts in the two runs",
                           hint="compare runs made with the same dataset and system prompt")
+    suite_a, suite_b = with_labels(suite_a, shared), with_labels(suite_b, shared)
     gold = gold_labels(suite_a, shared)
     score_a = score_target(suite_a, shared, out_a, ta, gold)
     score_b = score_target(suite_b, shared, out_b, tb, gold)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lorafleet.errors import ConfigError, FormatError
 from lorafleet.evaluate.metrics import FAMILY_OF, compute_metrics
-from lorafleet.evaluate.scoring import extract_label
+from lorafleet.evaluate.scoring import extract_label, raw_label
 from lorafleet.evaluate.stats import bootstrap_ci
 from lorafleet.evaluate.suite import Extraction
 from lorafleet.formats import iter_jsonl
@@ -69,9 +69,9 @@ def score_file(path: Path, metrics: list[str], *, label_pattern: str | None = No
     gold = pred = None
     if "classification" in families:
         extraction = Extraction(label_pattern=label_pattern, labels=labels or [])
-        gold_raw = [r.label if r.label is not None else extract_label(r.refs()[0], extraction) for r in rows]
         if not extraction.labels:
-            extraction.labels = sorted({g for g in gold_raw if g != extraction.invalid_label})
+            extraction.labels = sorted({r.label if r.label is not None else raw_label(r.refs()[0], extraction)
+                                        for r in rows} - {""})
         gold = [r.label if r.label is not None else extract_label(r.refs()[0], extraction) for r in rows]
         pred = [extract_label(r.prediction, extraction) for r in rows]
         labels = extraction.labels

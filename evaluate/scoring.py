@@ -31,6 +31,7 @@ def extract_label(text: str, extraction: Extraction) -> str:
         found = (m.group(1) if m.groups() else m.group(0)).strip()
     else:
         found = found.splitlines()[0].strip() if found else ""
+    found = found.rstrip(".").strip()
     for label in extraction.labels:
         if label == found or (not extraction.case_sensitive and label.lower() == found.lower()):
             return label
@@ -46,8 +47,30 @@ class TargetScores:
     result: TargetResult
 
 
+def uses_labels(suite: Suite) -> bool:
+    return "classification" in suite.metric_families()
+
+
+def with_labels(suite: Suite, samples: list[Sample]) -> Suite:
+    """The suite with its label set declared: as written, or else every gold label in the data."""
+    if not uses_labels(suite) or suite.extraction.labels:
+        return suite
+    seen = sorted({s.label if s.label is not None else raw_label(s.reference, suite.extraction)
+                   for s in samples} - {""})
+    return suite.model_copy(update={"extraction": suite.extraction.model_copy(update={"labels": seen})})
+
+
+def raw_label(text: str, extraction: Extraction) -> str:
+    if extraction.label_pattern:
+        flags = 0 if extraction.case_sensitive else re.IGNORECASE
+        m = re.search(extraction.label_pattern, text, flags)
+        return "" if not m else (m.group(1) if m.groups() else m.group(0)).strip()
+    return text.strip().splitlines()[0].rstrip(".").strip() if text.strip() else ""
+
+
 def gold_labels(suite: Suite, samples: list[Sample]) -> list[str] | None:
-    if not suite.extraction.labels:
+    """Gold labels (record field, else read from the reference); None when no label metric is asked."""
+    if not uses_labels(suite):
         return None
     return [s.label if s.label is not None else extract_label(s.reference, suite.extraction) for s in samples]
 
@@ -132,6 +155,7 @@ def bias_gaps(samples: list[Sample], scores: TargetScores, outputs: dict[str, Co
 def score_all(suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
               models: dict[str, str]) -> tuple[dict[str, TargetScores], list[Comparison], list, dict | None]:
     """Per-target scores, comparisons, gate results and bias gaps for a whole run."""
+    suite = with_labels(suite, samples)
     gold = gold_labels(suite, samples)
     scored = {t: score_target(suite, samples, outputs[t], models.get(t, t), gold) for t in suite.targets
               if t in outputs}

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorafleet.errors import ConfigError
 from lorafleet.evaluate.metrics import FAMILY_OF
@@ -50,7 +50,8 @@ class Extraction(_Strict):
     """How to read a label out of an output; what does not match is the INVALID class."""
 
     label_pattern: str | None = Field(default=None, description="Regex; group 1 (or the match) is the label.")
-    labels: list[str] = Field(default_factory=list, description="The declared label set.")
+    labels: list[str] = Field(default_factory=list,
+                              description="The declared label set; default: the gold labels of the dataset.")
     invalid_label: str = "INVALID"
     label_field: str = Field(default="label", description="Record key holding the gold label.")
     case_sensitive: bool = False
@@ -76,6 +77,11 @@ class Gate(_Strict):
     min_delta: float | None = None
     significant: bool = False
     targets: list[str] | None = Field(default=None, description="Default: every target except `vs`/baseline.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _forms(cls, value: Any) -> Any:
+        return parse_gate(value)
 
     def describe(self) -> str:
         if self.vs is not None:
@@ -134,11 +140,6 @@ class Suite(_Strict):
     @classmethod
     def _path_shorthand(cls, value: Any) -> Any:
         return {"path": value} if isinstance(value, str) else value
-
-    @field_validator("gates", mode="before")
-    @classmethod
-    def _gate_forms(cls, value: Any) -> Any:
-        return [parse_gate(g) for g in value] if isinstance(value, list) else value
 
     @field_validator("metrics")
     @classmethod
@@ -203,14 +204,10 @@ def _check_references(suite: Suite, lines: dict, path: Path) -> None:
         for t in [gate.vs, *(gate.targets or [])]:
             if t is not None and t not in suite.targets:
                 fail(("gates", i), f"{t!r} is not a target", "name one of 'targets'")
-        if FAMILY_OF[gate.metric] == "classification" and not suite.extraction.labels:
-            fail(("gates", i), f"{gate.metric} needs a declared label set", "add extraction.labels")
     if suite.review.pairwise:
         for t in suite.review.pairwise:
             if t not in suite.targets:
                 fail(("review", "pairwise"), f"{t!r} is not a target", "name two of 'targets'")
-    if "classification" in suite.metric_families() and not suite.extraction.labels:
-        fail(("extraction",), "label metrics need extraction.labels", "declare the label set")
     if suite.dataset.path is None and suite.dataset.adapter is None:
         fail(("dataset",), "give 'path' or 'adapter'", "e.g. dataset: ../data/test.jsonl")
 
@@ -224,7 +221,9 @@ def load_suite(path: Path) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt key also makes the real one "missing": report the misspelling, it is the cause.
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = _yaml_loc(err["loc"], lines)
         line = line_of(lines, loc)
         key = ".".join(str(p) for p in loc) or "(top level)"

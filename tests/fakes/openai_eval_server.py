@@ -1,7 +1,8 @@
 """A tiny OpenAI-compatible server on a loopback port (real HTTP) for evaluation tests.
 
 Answers are scripted per model: `answers[model][last user message]`, else `default(model, text)`.
-`fail_next` queues HTTP status codes to return before answering normally (fault injection);
+`fail_next` queues HTTP status codes to return before answering normally and `fail_from` makes
+every request after the first N fail (fault injection);
 `requests` logs every chat request body. `served` maps a requested name to the version reported.
 """
 
@@ -32,6 +33,7 @@ class FakeState:
     default: Callable[[str, str], str] = _echo
     served: dict[str, str] = field(default_factory=dict)
     fail_next: list[int] = field(default_factory=list)
+    fail_from: int | None = None  # every chat request from this index on answers 503
     api_key: str | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -64,6 +66,8 @@ def create_app(state: FakeState) -> FastAPI:
         with state.lock:
             state.requests.append(body)
             status = state.fail_next.pop(0) if state.fail_next else None
+            if state.fail_from is not None and len(state.requests) > state.fail_from:
+                status = 503
         if status is not None:
             resp = _error(status, "injected fault")
             if status == 429:

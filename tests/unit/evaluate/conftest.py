@@ -25,7 +25,7 @@ def fake(fake_server: RunningServer) -> RunningServer:
     st = fake_server.state
     fresh = FakeState()
     st.base, st.adapters, st.answers, st.default = fresh.base, ["intents@v2", "intents@v3"], {}, fresh.default
-    st.served, st.fail_next, st.api_key = {"intents@latest": "intents@v3"}, [], None
+    st.served, st.fail_next, st.fail_from, st.api_key = {"intents@latest": "intents@v3"}, [], None, None
     st.adapters.append("intents@latest")
     st.requests.clear()
     return fake_server
@@ -75,7 +75,7 @@ gates:
 
 @pytest.fixture
 def intent_suite(tmp_path: Path) -> Path:
-    write_jsonl(tmp_path / "data" / "test.jsonl", intent_rows())
-    path = tmp_path / "suite.yaml"
+    write_jsonl(tmp_path / "suites" / "data" / "test.jsonl", intent_rows())
+    path = tmp_path / "suites" / "suite.yaml"
     path.write_text(SUITE.format(threshold=0.9), encoding="utf-8")
     return path
