@@ -1,0 +1,55 @@
+"""`lorafleet eval run` against the real gateway (real vLLM, real demo adapters): base vs pirate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lorafleet.cli.main import main
+from tests.integration.demo_adapters import PROMPTS, TASKS
+
+SUITE = """\
+name: pirate-check
+dataset: data.jsonl
+targets: [base, pirate@prod]
+generation: {{temperature: 0, max_tokens: 12, seed: 0}}
+metrics: [rougeL, chrf, exact_match]
+stats: {{resamples: 500, seed: 0}}
+gates:
+  - rougeL: {{vs: base, min_delta: {delta}}}
+"""
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    return int(exc.value.code or 0), out.out, out.err
+
+
+def test_eval_base_vs_adapter_through_the_gateway(gateway, tmp_path: Path, capsys) -> None:
+    rows = [{"id": f"p{i}", "messages": [{"role": "user", "content": p},
+                                         {"role": "assistant", "content": TASKS["pirate"]}]}
+            for i, p in enumerate(PROMPTS[:4])]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE.format(delta=0.3))
+    run_dir = tmp_path / "run"
+    code, out, err = cli(capsys, "--data-dir", str(tmp_path / "data"), "eval", "run", str(suite),
+                         "--endpoint", gateway.url, "--api-key", gateway.admin_key, "--out", str(run_dir),
+                         "--concurrency", "4", "--json")
+    assert code == 0, err + out
+    results = json.loads(out)
+    assert results["targets"]["base"]["model"] == "smollm2-135m-instruct"
+    assert results["targets"]["pirate@prod"]["served_models"] == ["pirate@v1"]
+    pirate = results["targets"]["pirate@prod"]["metrics"]["rougeL"]["value"]
+    base = results["targets"]["base"]["metrics"]["rougeL"]["value"]
+    assert pirate > base + 0.3
+    assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+
+    # A stricter gate, rescored from the stored outputs: exit 1, and nothing is generated again.
+    suite.write_text(SUITE.format(delta=5))
+    code, out, _ = cli(capsys, "eval", "rescore", str(run_dir), "--suite", str(suite))
+    assert code == 1 and "FAIL" in out
