@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorafleet.errors import ConfigError
 from lorafleet.evaluate.results import Comparison
 from lorafleet.evaluate.scoring import compare_metrics, gold_labels, score_target, with_labels
 from lorafleet.evaluate.store import RunStore
 from lorafleet.evaluate.suite import suite_from_dict
+
+from lorafleet.errors import ConfigError
 
 
 def _default_target(targets: list[str], baseline: str) -> str:

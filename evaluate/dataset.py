@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lorafleet.evaluate.suite import Counterfactual, Suite
 from pydantic import BaseModel, ConfigDict, Field
 
 from lorafleet.errors import ConfigError, FormatError
-from lorafleet.evaluate.suite import Counterfactual, Suite
 from lorafleet.formats import Message, metadata, prompt_and_answer, read_records
 from lorafleet.registry import Registry
 

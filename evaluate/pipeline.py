@@ -9,15 +9,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lorafleet.errors import ConfigError
 from lorafleet.evaluate.cache import ResponseCache
 from lorafleet.evaluate.dataset import Sample, dataset_path, load_samples
 from lorafleet.evaluate.report import render_html, render_markdown
 from lorafleet.evaluate.results import RunResults
 from lorafleet.evaluate.runner import Completion, Runner
-from lorafleet.evaluate.scoring import TargetScores, compare_metrics, score_all
+from lorafleet.evaluate.scoring import TargetScores, score_all
 from lorafleet.evaluate.store import Manifest, RunStore, new_run_id
 from lorafleet.evaluate.suite import BASE, Suite, suite_from_dict
+
+from lorafleet.errors import ConfigError
 from lorafleet.registry import Registry
 
 Progress = Callable[[str, int, int], None]  # (target, done, total)

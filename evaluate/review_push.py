@@ -8,6 +8,7 @@ from typing import Any
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.runner import Completion
 from lorafleet.evaluate.suite import ReviewSpec
+
 from lorafleet.samples import ReviewClient, ReviewItem
 
 

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from lorafleet.evaluate.cache import ResponseCache, cache_key
+from lorafleet.evaluate.dataset import Sample
 from pydantic import BaseModel
 
 from lorafleet.errors import LorafleetError
-from lorafleet.evaluate.cache import ResponseCache, cache_key
-from lorafleet.evaluate.dataset import Sample
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

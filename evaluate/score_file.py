@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from lorafleet.errors import ConfigError, FormatError
 from lorafleet.evaluate.metrics import FAMILY_OF, compute_metrics
 from lorafleet.evaluate.scoring import extract_label, raw_label
 from lorafleet.evaluate.stats import bootstrap_ci
 from lorafleet.evaluate.suite import Extraction
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lorafleet.errors import ConfigError, FormatError
 from lorafleet.formats import iter_jsonl
 
 

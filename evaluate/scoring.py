@@ -9,7 +9,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.gates import apply_gates
 from lorafleet.evaluate.metrics import MetricResult, compute_metrics

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
-
 from lorafleet.evaluate.metrics.base import Aggregate
+from scipy.stats import binomtest
 
 CHUNK = 200  # resamples per matrix product: bounds memory at CHUNK × n floats
 

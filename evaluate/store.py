@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
-
-from lorafleet.errors import ConfigError
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.results import RunResults
 from lorafleet.evaluate.runner import Completion
+from pydantic import BaseModel, Field, ValidationError
+
+from lorafleet.errors import ConfigError
 from lorafleet.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 

@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from lorafleet.evaluate.metrics import FAMILY_OF
+from lorafleet.evaluate.yaml_lines import line_of, load_yaml_with_lines
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorafleet.errors import ConfigError
-from lorafleet.evaluate.metrics import FAMILY_OF
-from lorafleet.evaluate.yaml_lines import line_of, load_yaml_with_lines
 from lorafleet.formats import FormatName
 
 BASE = "base"

@@ -8,9 +8,8 @@ from importlib.metadata import version
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
 from lorafleet.evaluate.metrics.base import MetricResult
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def _confusion_stats(gold: list[str], pred: list[str], classes: list[str]) -> np.ndarray:

@@ -6,9 +6,8 @@ import re
 from importlib.metadata import version
 from typing import Any
 
-from rouge_score import rouge_scorer, tokenizers
-
 from lorafleet.evaluate.metrics.base import MetricResult
+from rouge_score import rouge_scorer, tokenizers
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # Sentence ends: . ! ? … and CJK full stops followed by space or end; newlines always split.

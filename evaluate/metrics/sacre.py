@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sacrebleu.metrics import BLEU, CHRF
-
 from lorafleet.evaluate.metrics.base import MetricResult
+from sacrebleu.metrics import BLEU, CHRF
 
 
 def _ref_streams(references: list[list[str]]) -> list[list[str | None]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.report.markdown import fmt
 from lorafleet.evaluate.results import RunResults

@@ -48,7 +48,8 @@ def render_markdown(results: RunResults) -> str:
                   "| target | pairs | output changed | output similarity | label flips |", "|---|---|---|---|---|"]
         for name, b in results.bias.items():
             flips = "–" if b.label_flip_rate is None else f"{b.label_flip_rate:.1%}"
-            lines.append(f"| `{name}` | {b.pairs} | {b.output_changed_rate:.1%} | {b.output_similarity:.3f} | {flips} |")
+            lines.append(f"| `{name}` | {b.pairs} | {b.output_changed_rate:.1%} | {b.output_similarity:.3f} "
+                         f"| {flips} |")
     usage = ", ".join(f"`{n}` p50 {t.usage.latency_p50_s * 1000:.0f} ms, {t.usage.completion_tokens} tok"
                       for n, t in results.targets.items())
     lines += ["", f"Latency/tokens: {usage}."]

@@ -16,6 +16,7 @@ from lorafleet.cli.common import console, err_console, print_json, settings_from
 from lorafleet.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
+DEFAULT_SCORE_METRICS = "rouge,bleu,chrf,token_f1,exact_match"
 
 
 def _eval_settings(ctx: typer.Context):  # -> EvalSettings (imported lazily: keeps `lorafleet --help` fast)
@@ -115,7 +116,7 @@ def _show(results, path: Path, as_json: bool) -> None:
 @app.command()
 def score(
     file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="prediction + reference(s) per line.")],
-    metrics: Annotated[str, typer.Option(help="Comma-separated metric names.")] = "rouge,bleu,chrf,token_f1,exact_match",
+    metrics: Annotated[str, typer.Option(help="Comma-separated metric names.")] = DEFAULT_SCORE_METRICS,
     label_pattern: Annotated[str | None, typer.Option(help="Regex for the label (group 1).")] = None,
     labels: Annotated[str | None, typer.Option(help="Comma-separated label set (default: gold labels seen).")] = None,
     resamples: Annotated[int, typer.Option(min=1)] = 1000,

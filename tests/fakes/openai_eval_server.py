@@ -121,3 +121,15 @@ def serve(state: FakeState | None = None) -> Iterator[RunningServer]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def main() -> None:
+    """Run standalone (benchmarks): `python -m tests.fakes.openai_eval_server PORT`."""
+    import sys
+
+    uvicorn.run(create_app(FakeState()), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-
-from lorafleet.cli.main import main
-from lorafleet.errors import LorafleetError
 from lorafleet.evaluate.pipeline import RunOptions, run_suite
 from lorafleet.evaluate.store import RunStore
 from lorafleet.evaluate.suite import load_suite
+
+from lorafleet.cli.main import main
+from lorafleet.errors import LorafleetError
 from tests.fakes.openai_eval_server import RunningServer
 from tests.unit.evaluate.conftest import SUITE, intent_rows, script_intents, write_jsonl
 

@@ -9,12 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import sacrebleu
-from rouge_score import rouge_scorer
-from sklearn.metrics import accuracy_score, f1_score
-
 from lorafleet.evaluate.metrics import compute_metrics
 from lorafleet.evaluate.metrics.rouge import split_sentences
 from lorafleet.evaluate.metrics.squad import exact_match_one, token_f1_one
+from rouge_score import rouge_scorer
+from sklearn.metrics import accuracy_score, f1_score
 
 PREDS = ["The cat sat on the mat.", "Ça coûte 12 € — très cher !", "", "Der Bär läuft schnell. Er ist müde.",
          "refund issued for order 42"]

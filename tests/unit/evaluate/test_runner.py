@@ -6,10 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from lorafleet.evaluate.cache import ResponseCache, cache_key
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.runner import EndpointError, Runner, api_root
+
 from lorafleet.formats import Message
 from tests.fakes.openai_eval_server import RunningServer, free_port
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
-
 from lorafleet.evaluate.metrics import compute_metrics
 from lorafleet.evaluate.metrics.base import mean_aggregate
 from lorafleet.evaluate.stats import bootstrap_ci, bootstrap_values, mcnemar, paired_bootstrap
+from scipy.stats import binomtest
 
 
 def column(values) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lorafleet.evaluate.suite import load_suite
 
 from lorafleet.errors import ConfigError
-from lorafleet.evaluate.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[3]
 
