@@ -4,6 +4,7 @@ as wrong answers instead of vanishing."""
 
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import version
 from typing import Any
 
@@ -66,8 +67,11 @@ def per_class(gold: list[str], pred: list[str], labels: list[str], classes: list
     """Precision, recall, F1, support and false-positive rate for each declared label."""
     if not gold:
         return {}
-    p, r, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
-    cm = confusion_matrix(gold, pred, labels=classes)
+    with warnings.catch_warnings():
+        # scikit-learn warns when one class is all it sees; the label set is passed, so the shape is right.
+        warnings.simplefilter("ignore", UserWarning)
+        p, r, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
+        cm = confusion_matrix(gold, pred, labels=classes)
     out: dict[str, Any] = {}
     for i, label in enumerate(labels):
         fp = cm[:, i].sum() - cm[i, i]

@@ -8,6 +8,7 @@ every request after the first N fail (fault injection);
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -35,6 +36,9 @@ class FakeState:
     fail_next: list[int] = field(default_factory=list)
     fail_from: int | None = None  # every chat request from this index on answers 503
     api_key: str | None = None
+    delay_s: float = 0.0  # per answer, to make concurrency observable
+    in_flight: int = 0
+    max_in_flight: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -73,6 +77,15 @@ def create_app(state: FakeState) -> FastAPI:
             if status == 429:
                 resp.headers["Retry-After"] = "0"
             return resp
+        with state.lock:
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            if state.delay_s:
+                await asyncio.sleep(state.delay_s)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
         model = body["model"]
         if model != state.base and model not in state.adapters:
             return _error(404, f"model {model!r} not found")

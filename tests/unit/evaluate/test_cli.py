@@ -55,6 +55,13 @@ def test_run_passes_gates_and_writes_the_run(capsys, fake, intent_suite, data_di
     assert "| `intents@latest` | intents@v3 |" in (run / "report.md").read_text()
 
 
+def test_html_report_escapes_model_output(capsys, fake, intent_suite, data_dir) -> None:
+    fake.state.default = lambda model, text: "<script>alert(1)</script> & <b>bold</b>"
+    eval_run(capsys, data_dir, intent_suite, fake)
+    html = (only_run(data_dir) / "report.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in html
+
+
 def test_failing_gate_exits_1(capsys, fake, intent_suite, data_dir) -> None:
     script_intents(fake, intent_rows(), adapter_correct=6)
     code, out, _ = eval_run(capsys, data_dir, intent_suite, fake)

@@ -112,3 +112,21 @@ def test_review_items_are_tagged_and_pushed(fake, intent_suite: Path, data_dir: 
     down = ReviewClient("http://127.0.0.1:9", "tok", data_dir / "spool2.jsonl", timeout=1)
     assert not push(down, "eval", items)
     assert down.pending() == 9
+
+
+def test_dataset_from_an_adapter_cards_split(tmp_path: Path, registry) -> None:
+    from lorafleet.card import AdapterCard, BaseModelRef, DatasetFile, LoraInfo
+    from lorafleet.errors import ConfigError
+    from lorafleet.evaluate.dataset import dataset_path
+    from tests.unit.core.peft_files import write_fake_peft
+
+    data = write_jsonl(tmp_path / "test.jsonl", intent_rows(3))
+    card = AdapterCard(name="intents", version="v1", base=BaseModelRef(id="tiny"),
+                       lora=LoraInfo(rank=8, alpha=16, target_modules=["q_proj", "v_proj"]),
+                       dataset=[DatasetFile(path=str(data), sha256="0" * 64, split="test")])
+    registry.register("intents", write_fake_peft(tmp_path / "peft"), card)
+    s = suite(dataset={"adapter": "intents@latest", "split": "test"})
+    assert dataset_path(s, tmp_path / "s.yaml", registry) == data
+    assert len(load_samples(s, data)) == 3
+    with pytest.raises(ConfigError, match="records no 'val' dataset"):
+        dataset_path(suite(dataset={"adapter": "intents", "split": "val"}), tmp_path / "s.yaml", registry)

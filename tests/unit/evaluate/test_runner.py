@@ -36,6 +36,12 @@ def test_generates_in_order_and_records_the_served_version(fake: RunningServer) 
     assert fake.state.requests[0]["max_tokens"] == 8 and fake.state.requests[0]["model"] == "intents@latest"
 
 
+def test_concurrency_is_bounded(fake: RunningServer) -> None:
+    fake.state.delay_s = 0.05
+    asyncio.run(Runner(fake.url, concurrency=3).generate("fake-base", samples(12), PARAMS))
+    assert fake.state.max_in_flight == 3
+
+
 def test_resolves_base_from_the_model_list(fake: RunningServer) -> None:
     assert asyncio.run(Runner(fake.url + "/v1").resolve_base()) == "fake-base"
 
