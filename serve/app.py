@@ -34,7 +34,7 @@ def create_app(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None 
                key_store: KeyStore | None = None,
                review_transport: httpx.BaseTransport | None = None) -> FastAPI:
     """Build the gateway. `upstreams` (tests) replaces both --upstream and the vLLM child."""
-    settings.check()
+    settings.check(child=upstreams is None)
     state = build_state(settings, upstreams=upstreams, key_store=key_store, review_transport=review_transport)
 
     @asynccontextmanager
@@ -93,6 +93,8 @@ def _upstreams(settings: ServeSettings) -> tuple[list[HttpUpstream], ChildSuperv
                         max_cpu_loras=max(settings.hot_set, settings.max_loras), kv_cache_gb=settings.kv_cache_gb,
                         lora_plugin=settings.lora_plugin, extra_args=settings.vllm_args,
                         port=free_port(), log_path=settings.data_dir / "logs" / "vllm.log")
+    if settings.vllm_program:
+        launch.program = list(settings.vllm_program)
     upstream = HttpUpstream("local", f"http://127.0.0.1:{launch.port}", launch.api_key, **kwargs)
     supervisor = ChildSupervisor(launch, upstream, ready_timeout=settings.vllm_ready_timeout)
     return [upstream], supervisor

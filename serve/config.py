@@ -34,6 +34,9 @@ class ServeSettings(Settings):
     no_auth: bool = Field(default=False, description="Serve without keys (loopback host only).")
     lora_plugin: bool = Field(default=True, description="Passed to the vLLM child as LORAFLEET_LORA_PLUGIN.")
     probe: bool = Field(default=True, description="After a load, warn if the adapter output equals the base's.")
+    vllm_program: list[str] = Field(default_factory=list,
+                                    description="Command that starts vLLM's OpenAI server; default: "
+                                                "this Python's `-m vllm.entrypoints.openai.api_server`.")
     vllm_args: list[str] = Field(default_factory=list, description="Extra arguments for the vLLM child.")
     vllm_ready_timeout: float = Field(default=900.0, gt=0)
     kv_cache_gb: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU child.")
@@ -57,13 +60,16 @@ class ServeSettings(Settings):
     def spool_path(self) -> Path:
         return self.data_dir / "capture-spool.jsonl"
 
-    def check(self) -> None:
-        """Refuse unsafe combinations before anything starts."""
+    def check(self, *, child: bool = True) -> None:
+        """Refuse unsafe combinations before anything starts (`child`: vLLM will be started here)."""
         if self.no_auth and not is_loopback(self.host):
             raise ConfigError(f"--no-auth with host {self.host!r}",
                               hint="--no-auth is only allowed on a loopback host such as 127.0.0.1")
         if self.capture and not self.review_url:
             raise ConfigError("capture is on but no review URL is set", hint="pass --review-url URL")
+        if child and not self.upstreams and not self.vllm_program and not (self.base_dir / "config.json").is_file():
+            raise ConfigError(f"{self.base_dir}: no base model here (no config.json)",
+                              hint="run `lorafleet base prepare`, pass --base DIR, or --upstream URL")
 
 
 def is_loopback(host: str) -> bool:

@@ -132,9 +132,10 @@ class VllmLaunch:
     lora_plugin: bool = True
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "vllm.entrypoints.openai.api_server"])
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+        cmd = [*self.program, "--model", str(self.model),
                "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
                "--api-key", self.api_key, "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
                "--max-loras", str(self.max_loras), "--disable-uvicorn-access-log"]
@@ -160,7 +161,7 @@ class VllmProcess:
     """A running vLLM child: `.url`, `.api_key`, `.pid`; `stop()` ends its whole process group."""
 
     def __init__(self, launch: VllmLaunch) -> None:
-        if not (Path(launch.model) / "config.json").is_file():
+        if launch.program[-1].startswith("vllm") and not (Path(launch.model) / "config.json").is_file():
             raise ConfigError(f"{launch.model}: not a Hugging Face model folder (no config.json)",
                               hint="run `lorafleet base prepare` or pass --base DIR")
         if launch.port == 0:
@@ -274,8 +275,8 @@ class ChildSupervisor:
             await asyncio.sleep(backoff)
             try:
                 self.process = VllmProcess(self.launch)  # same port and key: the client stays valid
-                await self.process.wait_ready_async(self.ready_timeout)
                 self.restarts += 1
+                await self.process.wait_ready_async(self.ready_timeout)
                 backoff = 1.0
                 log.warning("vLLM restarted (pid %s)", self.process.pid)
             except ConfigError as exc:
