@@ -1,5 +1,247 @@
-"""`lorafleet review` — placeholder until issue 7 lands."""
+"""`lorafleet review …`: the human review web app — serve, users, queues, import, export, stats."""
 
-from lorafleet.cli.common import not_yet
+from __future__ import annotations
 
-app = not_yet("review", 7)
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from lorafleet.cli.common import console, print_json, settings_from
+from lorafleet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lorafleet.human_review.settings import ReviewSettings
+
+app = typer.Typer(help="The human review web app.", no_args_is_help=True)
+users_app = typer.Typer(help="Reviewer and admin accounts.", no_args_is_help=True)
+queues_app = typer.Typer(help="Review queues and their ingest tokens.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(queues_app, name="queues")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _settings(ctx: typer.Context, **overrides: object) -> ReviewSettings:
+    from pydantic import ValidationError
+
+    from lorafleet.human_review.settings import ReviewSettings
+
+    core = settings_from(ctx)
+    try:
+        return ReviewSettings(data_dir=core.data_dir).with_overrides(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"setting {err['loc'][0]!r}: {err['msg']}", hint="check LORAFLEET_ review settings") from None
+
+
+def _factory(ctx: typer.Context, database_url: str | None = None):  # noqa: ANN202
+    from lorafleet.human_review.service import open_db
+
+    return open_db(_settings(ctx, review_database_url=database_url))
+
+
+DbOpt = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (default: <data-dir>/review.db).")]
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8001).")] = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Run the review web app (migrations run on start)."""
+    import uvicorn
+
+    from lorafleet.human_review.app import create_app
+
+    settings = _settings(ctx, review_host=host, review_port=port, review_database_url=database_url)
+    app_ = create_app(settings)
+    console.print(f"review app on http://{settings.review_host}:{settings.review_port}")
+    uvicorn.run(app_, host=settings.review_host, port=settings.review_port, log_level="warning")
+
+
+@users_app.command("add")
+def users_add(
+    ctx: typer.Context,
+    name: str,
+    role: Annotated[Literal["admin", "reviewer"], typer.Option(help="admin or reviewer.")] = "reviewer",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    database_url: DbOpt = None,
+) -> None:
+    """Add an account (password prompted, or read from stdin)."""
+    from pydantic import ValidationError
+
+    from lorafleet.human_review import crud, db
+    from lorafleet.human_review.schemas import UserCreate
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        user_in = UserCreate(name=name, role=role, password=password)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{err['loc'][0]}: {err['msg']}", hint="passwords need 8+ characters") from None
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        crud.create_user(session, user_in=user_in)
+    console.print(f"added {role} [bold]{name}[/]")
+
+
+@queues_app.command("create")
+def queues_create(
+    ctx: typer.Context,
+    name: str,
+    rubric: Annotated[Path | None, typer.Option(help="Rubric YAML (see examples/rubrics/).")] = None,
+    pairwise: Annotated[bool, typer.Option("--pairwise", help="Blind A/B comparisons instead of a rubric.")] = False,
+    overlap: Annotated[int, typer.Option(help="Each item is graded by exactly this many reviewers.")] = 1,
+    member: Annotated[list[str] | None, typer.Option(help="Reviewer allowed on the queue (repeatable).")] = None,
+    database_url: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a queue and print its ingest token (shown once)."""
+    from lorafleet.human_review import crud, db
+    from lorafleet.human_review.rubrics import load_rubric
+    from lorafleet.human_review.schemas import QueueCreate
+
+    loaded = load_rubric(rubric) if rubric else None
+    queue_in = _validated(QueueCreate, name=name, mode="pairwise" if pairwise else "rubric", overlap=overlap,
+                          members=member or [])
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        created = crud.create_queue(session, queue_in=queue_in, rubric=loaded)
+    if json_out:
+        print_json(created)
+        return
+    console.print(f"queue [bold]{created.name}[/] ({created.mode}, overlap {created.overlap}); ingest token:")
+    typer.echo(created.token)
+
+
+def _validated(model, **fields):  # noqa: ANN001, ANN202
+    from pydantic import ValidationError
+
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+@queues_app.command("list")
+def queues_list(ctx: typer.Context, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Queues with progress."""
+    from sqlalchemy import select
+
+    from lorafleet.human_review import crud, db
+    from lorafleet.human_review.models import Queue
+
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        rows = [crud.queue_public(session, queue=q) for q in session.scalars(select(Queue).order_by(Queue.name))]
+    if json_out:
+        print_json([r.model_dump() for r in rows])
+        return
+    for r in rows:
+        console.print(f"{r.name:24} {r.mode:8} items {r.items:7}  grades {r.grades}/{r.needed}")
+
+
+@queues_app.command("add-member")
+def queues_add_member(ctx: typer.Context, queue: str, user: str, database_url: DbOpt = None) -> None:
+    """Allow a reviewer to work on a queue."""
+    from lorafleet.human_review import crud, db
+
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        crud.add_member(session, queue=crud.get_queue(session, name=queue), user_name=user)
+    console.print(f"{user} may review {queue}")
+
+
+@queues_app.command("token")
+def queues_token(ctx: typer.Context, queue: str, database_url: DbOpt = None) -> None:
+    """Issue a new ingest token for a queue (the old one stops working)."""
+    from lorafleet.human_review import crud, db
+
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        token = crud.rotate_token(session, queue=crud.get_queue(session, name=queue))
+    typer.echo(token)
+
+
+@app.command("admin-token")
+def admin_token_cmd(ctx: typer.Context) -> None:
+    """Print the admin API token (ingest into any queue, stats, exports)."""
+    from lorafleet.human_review.app import admin_token
+
+    typer.echo(admin_token(_settings(ctx)))
+
+
+@app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    file: Path,
+    queue: Annotated[str, typer.Option(help="Queue to add the items to (created when --rubric/--pairwise given).")],
+    rubric: Annotated[Path | None, typer.Option(help="Rubric YAML for a new queue.")] = None,
+    pairwise: Annotated[bool, typer.Option("--pairwise", help="New queue is pairwise.")] = False,
+    overlap: Annotated[int, typer.Option(help="Overlap for a new queue.")] = 1,
+    database_url: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import items from JSONL: id, prompt (text or messages), response | responses, reference, adapter,
+    scores, metadata. Idempotent by id."""
+    from lorafleet.human_review import crud, db
+    from lorafleet.human_review.errors import NotFound
+    from lorafleet.human_review.rubrics import load_rubric
+    from lorafleet.human_review.schemas import QueueCreate
+    from lorafleet.human_review.service import import_items, read_items
+
+    items = read_items(file)  # validate the whole file before touching the database
+    factory = _factory(ctx, database_url)
+    with db.session_scope(factory) as session:
+        try:
+            crud.get_queue(session, name=queue)
+        except NotFound:
+            if rubric is None and not pairwise:
+                raise
+            created = crud.create_queue(session, rubric=load_rubric(rubric) if rubric else None,
+                                        queue_in=_validated(QueueCreate, name=queue, overlap=overlap,
+                                                            mode="pairwise" if pairwise else "rubric"))
+            console.print(f"created queue {queue}; ingest token: {created.token}")
+    result = import_items(factory, queue=queue, items=items)
+    if json_out:
+        print_json(result)
+    else:
+        console.print(f"{result.created} item(s) added, {result.existing} already there")
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    queue: str,
+    format: Annotated[Literal["grades", "training", "pairs"], typer.Option(help="grades | training | pairs")] = "grades",  # noqa: A002
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Export grades, training records (chat messages) or preference pairs as JSONL."""
+    import json
+
+    from lorafleet.human_review import crud, db, export
+
+    factory = _factory(ctx, database_url)
+    if output is not None:
+        from lorafleet.human_review.service import write_export
+
+        n = write_export(factory, queue=queue, fmt=format, out=output)
+        console.print(f"wrote {n} record(s) to {output}", highlight=False)
+        return
+    with db.session_scope(factory) as session:
+        for row in export.export_rows(session, queue=crud.get_queue(session, name=queue), fmt=format):
+            typer.echo(json.dumps(row, ensure_ascii=False))
+
+
+@app.command()
+def stats(ctx: typer.Context, queue: str, database_url: DbOpt = None) -> None:
+    """Progress, agreement, gold accuracy and rankings of a queue (JSON)."""
+    from lorafleet.human_review import crud, db
+    from lorafleet.human_review import stats as stats_mod
+
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        print_json(stats_mod.queue_stats(session, queue=crud.get_queue(session, name=queue)))

@@ -1,0 +1,51 @@
+"""JSON API (bearer tokens): ingest items, queue stats, exports."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from lorafleet.human_review import crud, export, stats
+from lorafleet.human_review.deps import ApiCallerDep, SessionDep
+from lorafleet.human_review.errors import Forbidden, NotFound
+from lorafleet.human_review.models import Queue
+from lorafleet.samples import IngestRequest, IngestResponse
+
+router = APIRouter()
+
+
+def _queue(session, caller, name: str) -> Queue:  # noqa: ANN001
+    try:
+        queue = crud.get_queue(session, name=name)
+    except NotFound:
+        queue = None
+    if queue is None or not caller.may_use(queue):
+        # Same answer for "no such queue" and "not yours": a queue token learns nothing about others.
+        raise Forbidden("this token may not use that queue", hint="use the queue's own token or the admin token")
+    return queue
+
+
+@router.post("/items", response_model=IngestResponse)
+def ingest_items(body: IngestRequest, session: SessionDep, caller: ApiCallerDep) -> IngestResponse:
+    queue = _queue(session, caller, body.queue)
+    result = crud.ingest(session, queue=queue, items=body.items)
+    session.commit()
+    return result
+
+
+@router.get("/queues/{name}/stats")
+def queue_stats(name: str, session: SessionDep, caller: ApiCallerDep) -> dict:
+    return stats.queue_stats(session, queue=_queue(session, caller, name))
+
+
+@router.get("/queues/{name}/export")
+def queue_export(name: str, session: SessionDep, caller: ApiCallerDep,
+                 format: export.ExportFormat = "grades") -> StreamingResponse:  # noqa: A002 - query name
+    if not caller.admin:
+        raise Forbidden("exports need the admin token", hint="queue tokens may only ingest")
+    queue = _queue(session, caller, name)
+    rows = list(export.export_rows(session, queue=queue, fmt=format))
+    return StreamingResponse((json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                             media_type="application/x-ndjson")
