@@ -256,3 +256,20 @@ def test_servicemonitors_scrape_the_gateway_and_vllm(rendered) -> None:
         assert all(e["port"] in ports and e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
         scraped.add(services[0]["metadata"]["name"])
     assert scraped == {"gateway", "vllm"}
+
+
+@needs_kustomize
+def test_config_refs_resolve_and_vllm_serves_the_gateways_base_name(rendered) -> None:
+    _, docs = rendered
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in by_kind(docs, "ConfigMap")}
+    for workload in workloads(docs):
+        for c in containers(workload):
+            for var in c.get("env", []):
+                if ref := var.get("valueFrom", {}).get("configMapKeyRef"):
+                    assert ref["key"] in config_maps.get(ref["name"], {}), f"{describe(workload)}: {ref}"
+    (vllm,) = containers(one(docs, "StatefulSet", "vllm"))
+    (gateway,) = containers(one(docs, "Deployment", "gateway"))
+    args = vllm["args"]
+    assert args[args.index("--served-model-name") + 1] == "$(LORAFLEET_BASE_NAME)"
+    source = env_of(vllm)["LORAFLEET_BASE_NAME"]["valueFrom"]
+    assert source == env_of(gateway)["LORAFLEET_BASE_NAME"]["valueFrom"]
