@@ -129,16 +129,46 @@ def test_vllm_serves_the_base_under_the_gateways_base_name() -> None:
     assert served == services["gateway"]["environment"]["LORAFLEET_BASE_NAME"]
 
 
-def test_review_command_flags_exist() -> None:
+def review_env_names() -> set[str]:
+    names = set(compose_services()["review"]["environment"])
+    for doc in yaml.safe_load_all((K8S / "base" / "review.yaml").read_text()):
+        if doc["kind"] == "Deployment":
+            names |= {e["name"] for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return {n for n in names if n.startswith("LORAFLEET_")}
+
+
+def test_review_command_flags_and_env_exist() -> None:
     review = click_command("review")
     if "serve" not in getattr(review, "commands", {}):
         pytest.skip("`lorafleet review serve` has not landed yet (issue 7)")
-    used = flags(compose_services()["review"]["command"][0].split())
+    from lorafleet.human_review.settings import ReviewSettings
+
+    used = flags(compose_services()["review"]["command"])
     for doc in yaml.safe_load_all((K8S / "base" / "review.yaml").read_text()):
         if doc["kind"] == "Deployment":
             used |= flags(doc["spec"]["template"]["spec"]["containers"][0]["args"])
-    assert used >= {"--host", "--port", "--database-url"}
+    assert used >= {"--host", "--port"}
     assert used <= options_of(review.commands["serve"])
+    prefix = ReviewSettings.model_config["env_prefix"]
+    fields = {f"{prefix}{name}".upper() for name in ReviewSettings.model_fields}
+    env = review_env_names()
+    assert {"LORAFLEET_REVIEW_DATABASE_URL", "LORAFLEET_REVIEW_SECRET_KEY"} <= env
+    assert env - fields == set()
+
+
+def test_review_health_checks_hit_a_real_public_route() -> None:
+    review = click_command("review")
+    if "serve" not in getattr(review, "commands", {}):
+        pytest.skip("`lorafleet review serve` has not landed yet (issue 7)")
+    from lorafleet.human_review.routes import auth
+
+    public = {route.path for route in auth.router.routes if "GET" in getattr(route, "methods", set())}
+    paths = {compose_services()["review"]["environment"]["HEALTHCHECK_URL"].split(":8001")[1]}
+    for doc in yaml.safe_load_all((K8S / "base" / "review.yaml").read_text()):
+        if doc["kind"] == "Deployment":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            paths |= {container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")}
+    assert paths and paths <= public
 
 
 def test_cpu_image_prepares_the_base_with_a_real_cli_option() -> None:
@@ -146,3 +176,17 @@ def test_cpu_image_prepares_the_base_with_a_real_cli_option() -> None:
     used = flags(re.search(r"lorafleet base prepare[^\n]*", text).group(0).split())
     assert used <= options_of(click_command("base", "prepare"))
     assert Path(DEPLOY / "docker" / "Dockerfile.cpu").exists()
+
+
+def test_gateway_probes_hit_real_routes() -> None:
+    from lorafleet.serve.routes import ops
+
+    routes = {route.path for route in ops.router.routes}
+    gateway = compose_services()["gateway"]
+    paths = {re.search(r":8000(/\w+)", " ".join(gateway["healthcheck"]["test"])).group(1)}
+    for doc in yaml.safe_load_all((K8S / "base" / "gateway.yaml").read_text()):
+        if doc["kind"] == "Deployment":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            paths |= {container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")}
+    assert paths == {"/ready", "/health"}
+    assert paths | {"/metrics"} <= routes
