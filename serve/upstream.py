@@ -157,6 +157,15 @@ class VllmLaunch:
         return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the gateway (or test run) dies without stopping us."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class VllmProcess:
     """A running vLLM child: `.url`, `.api_key`, `.pid`; `stop()` ends its whole process group."""
 
@@ -175,7 +184,8 @@ class VllmProcess:
             log_file = open(launch.log_path, "ab")  # noqa: SIM115 - handed to the child
         # Own session, so stop() can end vLLM's engine-core children with it.
         self.proc = subprocess.Popen(launch.command(), env=launch.env(), stdout=log_file,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         if log_file is not subprocess.DEVNULL:
             log_file.close()
         self.pid = self.proc.pid

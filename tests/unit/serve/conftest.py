@@ -90,9 +90,10 @@ async def running(settings: ServeSettings, fake: FakeUpstream, keys: KeyStore,
     upstream = HttpUpstream("u0", upstream_url or "http://fake-vllm", fake.api_key, transport=transport)
     app = create_app(settings, upstreams=[upstream], key_store=keys, **app_kwargs)
     admin = keys.create(name="admin-" + str(id(app)), admin=True)[1]
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-            yield Harness(client, app.state.gateway, keys, fake, admin)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
+                                                                   base_url="http://gateway") as client:
+        yield Harness(client, app.state.gateway, keys, fake, admin)
 
 
 @pytest.fixture

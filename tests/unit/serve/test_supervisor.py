@@ -47,31 +47,32 @@ async def test_dead_child_is_restarted_and_adapters_replayed(serve_settings, key
     app = create_app(settings, key_store=key_store)
     admin = key_store.create(name="sup-admin", admin=True)[1]
     state = app.state.gateway
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            auth = {"Authorization": f"Bearer {admin}"}
-            body = {"model": "pirate", "messages": [{"role": "user", "content": "x"}]}
-            assert (await client.post("/v1/chat/completions", json=body, headers=auth)).status_code == 200
-            first_pid = state.supervisor.process.pid
-            upstream = state.pool.upstreams[0]
-            assert "pirate@v1" in await upstream.model_ids()
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
+                                                                   base_url="http://gw") as client:
+        auth = {"Authorization": f"Bearer {admin}"}
+        body = {"model": "pirate", "messages": [{"role": "user", "content": "x"}]}
+        assert (await client.post("/v1/chat/completions", json=body, headers=auth)).status_code == 200
+        first_pid = state.supervisor.process.pid
+        upstream = state.pool.upstreams[0]
+        assert "pirate@v1" in await upstream.model_ids()
 
-            state.supervisor.process.kill()
+        state.supervisor.process.kill()
 
-            async def down() -> bool:
-                return (await client.get("/ready")).status_code == 503
+        async def down() -> bool:
+            return (await client.get("/ready")).status_code == 503
 
-            await _until(down)
-            resp = await client.post("/v1/chat/completions", json=body, headers=auth)
-            assert resp.status_code in (502, 503) and resp.json()["error"]["code"] == "upstream_unavailable"
+        await _until(down)
+        resp = await client.post("/v1/chat/completions", json=body, headers=auth)
+        assert resp.status_code in (502, 503) and resp.json()["error"]["code"] == "upstream_unavailable"
 
-            async def ready() -> bool:
-                return (await client.get("/ready")).status_code == 200
+        async def ready() -> bool:
+            return (await client.get("/ready")).status_code == 200
 
-            await _until(ready)
-            assert state.supervisor.process.pid != first_pid
-            assert state.supervisor.restarts == 1
-            assert "pirate@v1" in await upstream.model_ids()  # replayed into the new process
-            resp = await client.post("/v1/chat/completions", json=body, headers=auth)
-            assert resp.status_code == 200 and resp.json()["model"] == "pirate@v1"
+        await _until(ready)
+        assert state.supervisor.process.pid != first_pid
+        assert state.supervisor.restarts == 1
+        assert "pirate@v1" in await upstream.model_ids()  # replayed into the new process
+        resp = await client.post("/v1/chat/completions", json=body, headers=auth)
+        assert resp.status_code == 200 and resp.json()["model"] == "pirate@v1"
     assert not state.supervisor.process.alive()
