@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lorafleet.evaluate.metrics import FAMILY_OF, compute_metrics
+from lorafleet.evaluate.metrics import FAMILY_OF, compute_metrics, families_for
 from lorafleet.evaluate.scoring import extract_label, raw_label
 from lorafleet.evaluate.stats import bootstrap_ci
 from lorafleet.evaluate.suite import Extraction
@@ -64,7 +64,7 @@ def score_file(path: Path, metrics: list[str], *, label_pattern: str | None = No
     if unknown:
         raise ConfigError(f"unknown metric {unknown[0]!r}", hint=f"known: {', '.join(sorted(FAMILY_OF))}")
     rows = read_predictions(path)
-    families = {FAMILY_OF[m]: {} for m in metrics}
+    families = families_for(metrics)
     refs = [r.refs() for r in rows]
     gold = pred = None
     if "classification" in families:

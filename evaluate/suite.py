@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from lorafleet.evaluate.metrics import FAMILY_OF
+from lorafleet.evaluate.metrics import FAMILY_OF, families_for
 from lorafleet.evaluate.yaml_lines import line_of, load_yaml_with_lines
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -156,14 +156,15 @@ class Suite(_Strict):
 
     def metric_families(self) -> dict[str, dict[str, Any]]:
         """Family → options for every family a requested metric (or a gate) needs."""
-        families: dict[str, dict[str, Any]] = {}
+        names: list[str] = []
+        options: dict[str, dict[str, Any]] = {}
         for item in self.metrics:
             entries = {item: {}} if isinstance(item, str) else item
-            for name, options in entries.items():
-                families.setdefault(FAMILY_OF[name], {}).update(options or {})
-        for gate in self.gates:
-            families.setdefault(FAMILY_OF[gate.metric], {})
-        return families
+            for name, opts in entries.items():
+                names.append(name)
+                options.setdefault(name, {}).update(opts or {})
+        names += [g.metric for g in self.gates]
+        return families_for(names, options)
 
 
 def parse_gate(value: Any) -> Any:

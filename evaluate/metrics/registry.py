@@ -27,6 +27,17 @@ FAMILY_OF: dict[str, str] = {
 METRIC_NAMES = sorted(FAMILY_OF)
 
 
+def families_for(names: list[str], options: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Family → options for metric names; asking for single ROUGE types computes only those."""
+    families: dict[str, dict[str, Any]] = {}
+    for name in names:
+        families.setdefault(FAMILY_OF[name], {}).update((options or {}).get(name) or {})
+    rouge_names = {n for n in names if FAMILY_OF[n] == "rouge"}
+    if rouge_names and "rouge" not in rouge_names:
+        families["rouge"]["types"] = sorted(rouge_names)
+    return families
+
+
 def compute_metrics(families: dict[str, dict[str, Any]], predictions: list[str], references: list[list[str]],
                     *, gold_labels: list[str] | None = None, pred_labels: list[str] | None = None,
                     labels: list[str] | None = None, invalid: str = "INVALID") -> dict[str, MetricResult]:

@@ -115,9 +115,10 @@ def test_review_items_are_tagged_and_pushed(fake, intent_suite: Path, data_dir: 
 
 
 def test_dataset_from_an_adapter_cards_split(tmp_path: Path, registry) -> None:
+    from lorafleet.evaluate.dataset import dataset_path
+
     from lorafleet.card import AdapterCard, BaseModelRef, DatasetFile, LoraInfo
     from lorafleet.errors import ConfigError
-    from lorafleet.evaluate.dataset import dataset_path
     from tests.unit.core.peft_files import write_fake_peft
 
     data = write_jsonl(tmp_path / "test.jsonl", intent_rows(3))

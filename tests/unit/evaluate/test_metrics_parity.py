@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sacrebleu
 from lorafleet.evaluate.metrics import compute_metrics
-from lorafleet.evaluate.metrics.rouge import split_sentences
+from lorafleet.evaluate.metrics.rouge import MemoStemmer, UnicodeTokenizer, split_sentences
 from lorafleet.evaluate.metrics.squad import exact_match_one, token_f1_one
 from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, f1_score
@@ -28,8 +28,8 @@ def ours(family: str, **options) -> dict:
 @pytest.mark.parametrize("tokenizer", ["default", "unicode"])
 def test_rouge_matches_rouge_score(tokenizer: str) -> None:
     got = ours("rouge", tokenizer=tokenizer)
-    from lorafleet.evaluate.metrics.rouge import UnicodeTokenizer
-    tok = UnicodeTokenizer() if tokenizer == "unicode" else None
+    # The default case is rouge-score's own tokenizer and stemmer, untouched.
+    tok = UnicodeTokenizer(MemoStemmer()) if tokenizer == "unicode" else None
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True, tokenizer=tok)
     for i, (p, refs) in enumerate(zip(PREDS, REFS, strict=True)):
         main = scorer.score_multi(refs, p)
@@ -39,6 +39,14 @@ def test_rouge_matches_rouge_score(tokenizer: str) -> None:
         assert got["rougeLsum"].per_sample[i] == pytest.approx(lsum["rougeLsum"].fmeasure)
     assert got["rouge1"].value == pytest.approx(np.mean(got["rouge1"].per_sample))
     assert got["rouge1"].config["stemmer"] == "porter"
+
+
+def test_rouge_stems_match_rouge_score_on_inflected_words() -> None:
+    preds, refs = ["The runners were running quickly"], [["a runner runs quick"]]
+    ref = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True).score(refs[0][0], preds[0])["rouge1"].fmeasure
+    assert compute_metrics({"rouge": {}}, preds, refs)["rouge1"].value == pytest.approx(ref)
+    no_stem = compute_metrics({"rouge": {"stemmer": False}}, preds, refs)["rouge1"].value
+    assert no_stem < ref
 
 
 def test_rouge_unicode_tokenizer_keeps_non_ascii_words() -> None:
