@@ -74,8 +74,18 @@ def load_samples(suite: Suite, path: Path) -> list[Sample]:
     if not samples:
         raise ConfigError(f"{path}: no records", hint="the dataset file is empty")
     if suite.counterfactual:
+        if suite.counterfactual.prefix:
+            samples = [with_prefix(s, suite.counterfactual.prefix) for s in samples]
         samples = samples + counterfactual_variants(samples, suite.counterfactual)
     return samples
+
+
+def with_prefix(sample: Sample, prefix: str) -> Sample:
+    """The sample with `prefix` put before its last user message."""
+    last = max(i for i, m in enumerate(sample.messages) if m.role == "user")
+    messages = list(sample.messages)
+    messages[last] = Message(role="user", content=prefix + messages[last].content)
+    return sample.model_copy(update={"messages": messages})
 
 
 def _swapper(swaps: list[list[str]]) -> tuple[re.Pattern[str], dict[str, str]]:

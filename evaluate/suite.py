@@ -108,6 +108,8 @@ class Counterfactual(_Strict):
     """Swap attribute words (names, genders, origins) in every prompt; both directions."""
 
     swaps: list[list[str]] = Field(min_length=1)
+    prefix: str | None = Field(default=None, description="Text put before every user prompt (e.g. 'I am John "
+                               "from London. ') for datasets whose prompts name nobody; the swaps then apply to it.")
 
     @field_validator("swaps")
     @classmethod

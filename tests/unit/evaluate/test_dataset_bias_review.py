@@ -61,6 +61,15 @@ def test_counterfactual_variants_swap_both_ways_keeping_case(tmp_path: Path) -> 
     assert samples[2].metadata["counterfactual_of"] == "a"
 
 
+def test_counterfactual_prefix_gives_nameless_prompts_an_attribute(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", intent_rows(2))
+    samples = load_samples(suite(counterfactual={"swaps": [["John", "Maria"], ["London", "Lagos"]],
+                                                 "prefix": "I am John from London. "}), path)
+    assert [s.id for s in samples] == ["s0", "s1", "s0~cf", "s1~cf"]
+    assert samples[0].messages[0].content.startswith("I am John from London. ticket 0")
+    assert samples[2].messages[0].content.startswith("I am Maria from Lagos. ticket 0")
+
+
 def test_bias_suite_reports_label_flips(fake, tmp_path: Path, data_dir: Path) -> None:
     rows = [{"id": f"r{i}", "label": "refund", "messages": [
         {"role": "user", "content": f"{name} wants a refund for order {i}"},
