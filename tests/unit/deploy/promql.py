@@ -1,26 +1,22 @@
-"""Just enough PromQL reading to check queries against the metrics the gateway registers.
-
-Not a PromQL parser: it finds the series our own namespaces name (`lorafleet_*`, `vllm:*`), their
-label matchers, the labels of `by (…)` / `without (…)` clauses and the series passed straight to
-rate-like functions. That covers every query shipped in deploy/.
-"""
+"""Read the PromQL that deploy/ ships with a real parser (promql-parser, Prometheus 2.45 grammar)
+and compare it with the metrics the gateway registers."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import promql_parser as pp
 import yaml
 from prometheus_client import CollectorRegistry
 
-SERIES = re.compile(r"(?<![\w:])((?:lorafleet_|vllm:)[A-Za-z0-9_:]*)\s*(\{[^}]*\})?")
-MATCHER = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)\s*\"")
-GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-RATE_OF = re.compile(r"\b(?:rate|irate|increase|delta)\s*\(\s*((?:lorafleet_|vllm:)[A-Za-z0-9_:]*)")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
 COUNTER_SUFFIXES = ("_total", "_created")
+RATE_FUNCTIONS = {"rate", "irate", "increase", "delta", "idelta", "resets"}
+LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(.+?)\s*,\s*)?(\w+)\s*\)\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,29 +47,99 @@ def exposed_series(registry: CollectorRegistry, metrics: object) -> dict[str, Se
     return out
 
 
-@dataclasses.dataclass
-class Use:
-    """Where a query names a series and which labels it relies on."""
-
-    where: str
-    expr: str
-    series: str
-    matchers: set[str]
+def grafana_to_promql(expr: str) -> str:
+    """Replace Grafana's template variables with values PromQL accepts."""
+    expr = re.sub(r"\$__(rate_interval|interval|range)\b", "5m", expr)
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
 
 
-def uses(where: str, expr: str) -> list[Use]:
-    return [Use(where, expr, m.group(1), set(MATCHER.findall(m.group(2) or ""))) for m in SERIES.finditer(expr)]
+def parse(expr: str) -> pp.Expr:
+    """Parse one query (Grafana variables substituted); raises ValueError on a syntax error."""
+    return pp.parse(grafana_to_promql(expr))
 
 
-def grouping_labels(expr: str) -> set[str]:
-    labels: set[str] = set()
-    for group in GROUPING.findall(expr):
-        labels |= {part.strip() for part in group.split(",") if part.strip()}
-    return labels
+def children(node: object) -> list[object]:
+    if isinstance(node, pp.BinaryExpr):
+        return [node.lhs, node.rhs]
+    if isinstance(node, pp.AggregateExpr):
+        return [node.expr] + ([node.param] if isinstance(node.param, pp.Expr) else [])
+    if isinstance(node, pp.UnaryExpr | pp.ParenExpr | pp.SubqueryExpr):
+        return [node.expr]
+    if isinstance(node, pp.MatrixSelector):
+        return [node.vector_selector]
+    if isinstance(node, pp.Call):
+        return list(node.args)
+    return []
 
 
-def rated_series(expr: str) -> list[str]:
-    return RATE_OF.findall(expr)
+def nodes(node: object) -> Iterator[object]:
+    yield node
+    for child in children(node):
+        yield from nodes(child)
+
+
+def selectors(node: object) -> list[pp.VectorSelector]:
+    return [n for n in nodes(node) if isinstance(n, pp.VectorSelector)]
+
+
+def matcher_labels(selector: pp.VectorSelector) -> set[str]:
+    found = {m.name for m in selector.matchers.matchers}
+    for group in selector.matchers.or_matchers:
+        found |= {m.name for m in group}
+    return found - {"__name__"}
+
+
+def problems_of(where: str, expr: str, series: dict[str, Series], *, namespace: str = "lorafleet_") -> list[str]:
+    """Every way one query disagrees with the exported series, one line each."""
+    if found := LABEL_VALUES.match(expr):
+        return _label_values_problems(where, found.group(1), found.group(2), series, namespace)
+    try:
+        tree = parse(expr)
+    except ValueError as exc:
+        return [f"{where}: not valid PromQL ({exc})"]
+    problems: list[str] = []
+    ours = [s for s in selectors(tree) if (s.name or "").startswith(namespace)]
+    for sel in ours:
+        if sel.name not in series:
+            problems.append(f"{where}: {sel.name} is not exported by lorafleet.serve.metrics")
+        elif missing := matcher_labels(sel) - series[sel.name].labels:
+            problems.append(f"{where}: {sel.name} has no label(s) {sorted(missing)}")
+    for node in nodes(tree):
+        if isinstance(node, pp.AggregateExpr) and node.modifier is not None:
+            inner = [series[s.name] for s in selectors(node.expr) if s.name in series]
+            carried = set().union(*(s.labels for s in inner)) if inner else set()
+            if inner and (missing := set(node.modifier.labels) - carried):
+                problems.append(f"{where}: groups by {sorted(missing)}, which no series under it carries")
+        if isinstance(node, pp.Call) and node.func.name in RATE_FUNCTIONS:
+            for sel in selectors(node):
+                if sel.name in series and series[sel.name].kind == "gauge":
+                    problems.append(f"{where}: {node.func.name}() of the gauge {sel.name}")
+        if (isinstance(node, pp.Call) and node.func.name == "histogram_quantile"
+                and not any((s.name or "").endswith("_bucket") for s in selectors(node))):
+            problems.append(f"{where}: histogram_quantile without a _bucket series")
+    return problems
+
+
+def _label_values_problems(where: str, selector: str | None, label: str, series: dict[str, Series],
+                           namespace: str) -> list[str]:
+    if selector is None:
+        return []
+    try:
+        (sel,) = selectors(parse(selector))
+    except ValueError as exc:
+        return [f"{where}: not valid PromQL ({exc})"]
+    if (sel.name or "").startswith(namespace):
+        if sel.name not in series:
+            return [f"{where}: {sel.name} is not exported by lorafleet.serve.metrics"]
+        if label not in series[sel.name].labels:
+            return [f"{where}: label_values of {sel.name} by missing label {label}"]
+    return []
+
+
+def series_names(expr: str, prefix: str) -> set[str]:
+    if found := LABEL_VALUES.match(expr):
+        expr = found.group(1) or "vector(0)"
+    return {s.name for s in selectors(parse(expr)) if (s.name or "").startswith(prefix)}
 
 
 def dashboard_queries(path: Path) -> list[tuple[str, str]]:

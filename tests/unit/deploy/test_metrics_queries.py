@@ -4,7 +4,6 @@ with the labels the query relies on; vLLM series exist in the installed vLLM."""
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,6 @@ from prometheus_client import CollectorRegistry
 
 from tests.unit.deploy import promql
 from tests.unit.deploy.paths import DASHBOARDS, PROMETHEUS
-
-LABEL_VALUES = re.compile(r"label_values\(\s*((?:lorafleet_)\w+)\s*(?:\{[^}]*\})?\s*,\s*(\w+)\s*\)")
 
 
 def all_queries() -> list[tuple[str, str]]:
@@ -42,29 +39,7 @@ def test_deploy_ships_queries() -> None:
 
 
 def problems_of(queries: list[tuple[str, str]], series: dict[str, promql.Series]) -> list[str]:
-    """Every way the queries disagree with the exported series, one line each."""
-    problems: list[str] = []
-    for where, expr in queries:
-        used = [u for u in promql.uses(where, expr) if u.series.startswith("lorafleet_")]
-        known = [series[u.series] for u in used if u.series in series]
-        for use in used:
-            if use.series not in series:
-                problems.append(f"{where}: {use.series} is not exported by lorafleet.serve.metrics")
-            elif missing := use.matchers - series[use.series].labels:
-                problems.append(f"{where}: {use.series} has no label(s) {sorted(missing)}")
-        if known:
-            labels = set().union(*(s.labels for s in known))
-            if missing := promql.grouping_labels(expr) - labels:
-                problems.append(f"{where}: groups by {sorted(missing)}, which no series in it carries")
-        for name in promql.rated_series(expr):
-            if name in series and series[name].kind == "gauge":
-                problems.append(f"{where}: rate()/increase() of the gauge {name}")
-        if "histogram_quantile" in expr and not any(u.series.endswith("_bucket") for u in used):
-            problems.append(f"{where}: histogram_quantile without a _bucket series")
-        for name, label in LABEL_VALUES.findall(expr):
-            if name in series and label not in series[name].labels:
-                problems.append(f"{where}: label_values of {name} by missing label {label}")
-    return problems
+    return [line for where, expr in queries for line in promql.problems_of(where, expr, series)]
 
 
 def test_every_query_names_exported_metrics_and_labels(gateway_series: dict[str, promql.Series]) -> None:
@@ -79,6 +54,8 @@ def test_the_check_catches_wrong_names_labels_and_types(gateway_series: dict[str
         ("gauge", "rate(lorafleet_hot_set_size[5m])"),
         ("quantile", "histogram_quantile(0.5, rate(lorafleet_request_duration_seconds_sum[5m]))"),
         ("values", "label_values(lorafleet_requests_total, tenant)"),
+        ("syntax", "sum(rate(lorafleet_requests_total[5m])"),
+        ("nested", "sum by (upstream) (rate(lorafleet_requests_total[5m]))"),
     ]
     problems = problems_of(bad, gateway_series)
     assert [p.split(":")[0] for p in problems] == [where for where, _ in bad]
@@ -107,7 +84,6 @@ def test_vllm_series_exist_in_installed_vllm() -> None:
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("vllm is not installed (the cpu or gpu extra brings it)")
     source = Path(spec.submodule_search_locations[0], "v1", "metrics", "loggers.py").read_text()
-    names = {u.series for where, expr in all_queries() for u in promql.uses(where, expr)
-             if u.series.startswith("vllm:")}
+    names = set().union(*(promql.series_names(expr, "vllm:") for _, expr in all_queries()))
     assert names, "the dashboard shows no vLLM engine series"
     assert {n for n in names if f'"{n}"' not in source} == set()
