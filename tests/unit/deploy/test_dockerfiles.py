@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -115,3 +117,20 @@ def test_gpu_image_is_built_on_the_official_vllm_image() -> None:
     steps = instructions(DEPLOY / "docker" / "Dockerfile.gpu")
     assert any(w == "ARG" and a.startswith("VLLM_IMAGE=vllm/vllm-openai:") for w, a in steps)
     assert any(w == "RUN" and '".[gpu]"' in a for w, a in steps)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_vllm_entrypoint_refuses_to_start_without_a_key(name: str) -> None:
+    """Runs the image's ENTRYPOINT here with vLLM swapped for `echo`: the guard and "$@" are real."""
+    text = (DEPLOY / "docker" / name).read_text()
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.MULTILINE).group(1))
+    script = entrypoint[2]
+    assert re.search(r"exec python3? -m vllm\.entrypoints\.openai\.api_server \"\$@\"$", script)
+    entrypoint[2] = re.sub(r"exec python3? -m \S+", "exec echo ARGS", script)
+    argv = ["--model", "/models/base", "--served-model-name", "a b"]
+    env = {"PATH": os.environ["PATH"]}
+    refused = subprocess.run(entrypoint + argv, env=env, capture_output=True, text=True, timeout=10)
+    assert refused.returncode == 2 and "VLLM_API_KEY" in refused.stderr
+    started = subprocess.run(entrypoint + argv, env={**env, "VLLM_API_KEY": "k"}, capture_output=True, text=True,
+                             timeout=10)
+    assert started.returncode == 0 and started.stdout == "ARGS --model /models/base --served-model-name a b\n"
