@@ -10,15 +10,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.sessions import SessionMiddleware
-
 from lorafleet.human_review import db
 from lorafleet.human_review.deps import LoginRequired
 from lorafleet.human_review.errors import ReviewError
 from lorafleet.human_review.security import LoginLimiter
 from lorafleet.human_review.settings import ReviewSettings
 from lorafleet.human_review.templating import make_templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent

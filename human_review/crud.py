@@ -5,15 +5,15 @@ from __future__ import annotations
 import secrets
 import time
 
-from sqlalchemy import func, insert, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
 from lorafleet.human_review import security
 from lorafleet.human_review.errors import Conflict, NotFound, ReviewError
 from lorafleet.human_review.models import Grade, Item, Queue, QueueMember, Slot, User
 from lorafleet.human_review.rubrics import PAIRWISE, Rubric
 from lorafleet.human_review.schemas import QueueCreate, QueueCreated, QueuePublic, UserCreate
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from lorafleet.samples import IngestResponse, ReviewItem
 
 

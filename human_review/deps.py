@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from lorafleet.human_review import security
 from lorafleet.human_review.errors import Forbidden, ReviewError
 from lorafleet.human_review.models import Queue, User
 from lorafleet.human_review.settings import ReviewSettings
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 
 class LoginRequired(Exception):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal
 
+from lorafleet.human_review.models import Grade, Item, Queue, User
+from lorafleet.human_review.rubrics import Rubric
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lorafleet.human_review.models import Grade, Item, Queue, User
-from lorafleet.human_review.rubrics import Rubric
 from lorafleet.samples import ReviewItem
 
 ExportFormat = Literal["grades", "training", "pairs"]

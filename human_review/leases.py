@@ -10,14 +10,13 @@ import random
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, exists, or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
-
 from lorafleet.human_review.errors import Conflict, NotFound, ReviewError
 from lorafleet.human_review.models import Grade, Item, Queue, Skip, Slot
 from lorafleet.human_review.rubrics import Rubric
 from lorafleet.human_review.schemas import GradeIn
+from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
 
 CANDIDATES = 16  # reviewers racing for the head of the pool pick among this many: fewer lost CAS rounds
 MAX_TRIES = 8

@@ -6,14 +6,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lorafleet.human_review import crud, db, export
+from lorafleet.human_review.settings import ReviewSettings
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from lorafleet.errors import FormatError
 from lorafleet.formats import iter_jsonl
 from lorafleet.fsutil import atomic_write_jsonl
-from lorafleet.human_review import crud, db, export
-from lorafleet.human_review.settings import ReviewSettings
 from lorafleet.samples import IngestResponse, ReviewItem
 
 

@@ -7,12 +7,11 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from lorafleet.human_review import agreement, crud
 from lorafleet.human_review.models import Grade, Item, Queue, User
 from lorafleet.human_review.rubrics import Rubric
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 MIN_SHARED = 5  # a reviewer pair's kappa is reported only over at least this many shared items
 

@@ -1,7 +1,6 @@
 """Alembic environment: run programmatically by db.migrate() with a live connection."""
 
 from alembic import context
-
 from lorafleet.human_review.models import Base
 
 connection = context.config.attributes["connection"]

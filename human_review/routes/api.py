@@ -6,11 +6,11 @@ import json
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-
 from lorafleet.human_review import crud, export, stats
 from lorafleet.human_review.deps import ApiCallerDep, SessionDep
 from lorafleet.human_review.errors import Forbidden, NotFound
 from lorafleet.human_review.models import Queue
+
 from lorafleet.samples import IngestRequest, IngestResponse
 
 router = APIRouter()

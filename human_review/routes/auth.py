@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
-
 from lorafleet.human_review import crud, leases
 from lorafleet.human_review.deps import Csrf, SessionDep, csrf_token
 

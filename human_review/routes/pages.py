@@ -6,13 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-
 from lorafleet.human_review import crud, leases, stats
 from lorafleet.human_review.deps import AdminUser, Csrf, CurrentUser, SessionDep, SettingsDep, csrf_token
 from lorafleet.human_review.errors import NotFound, ReviewError
 from lorafleet.human_review.models import Queue, User
 from lorafleet.human_review.rubrics import Rubric
 from lorafleet.human_review.schemas import GradeIn
+
 from lorafleet.samples import ReviewItem
 
 router = APIRouter()

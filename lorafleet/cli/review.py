@@ -216,7 +216,8 @@ def import_cmd(
 def export_cmd(
     ctx: typer.Context,
     queue: str,
-    format: Annotated[Literal["grades", "training", "pairs"], typer.Option(help="grades | training | pairs")] = "grades",  # noqa: A002
+    format: Annotated[Literal["grades", "training", "pairs"],  # noqa: A002 - the flag is --format
+                      typer.Option(help="grades | training | pairs")] = "grades",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
     database_url: DbOpt = None,
 ) -> None:
