@@ -56,19 +56,19 @@ async def _resolve_models(suite: Suite, runner: Runner) -> dict[str, str]:
 
 async def generate_all(suite: Suite, samples: list[Sample], runner: Runner, models: dict[str, str],
                        outputs: dict[str, dict[str, Completion]], progress: Progress | None) -> None:
-    """Generate target by target into `outputs` (filled as answers arrive, so a failure keeps them)."""
-    params = suite.generation.params()
+    """Generate every target into `outputs` (filled as answers arrive, so a failure keeps them)."""
     for target in suite.targets:
-        done = outputs.setdefault(target, {})
-
-        def on_done(sid: str, c: Completion, target: str = target, done: dict = done) -> None:
-            done[sid] = c
-            if progress:
-                progress(target, len(done), len(samples))
-
+        outputs.setdefault(target, {})
         if progress:
             progress(target, 0, len(samples))
-        await runner.generate(models[target], samples, params, on_done=on_done)
+
+    def on_done(target: str, sid: str, c: Completion) -> None:
+        outputs[target][sid] = c
+        if progress:
+            progress(target, len(outputs[target]), len(samples))
+
+    await runner.generate_targets({t: models[t] for t in suite.targets}, samples, suite.generation.params(),
+                                  on_done=on_done)
 
 
 def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Path, registry: Registry | None = None,

@@ -87,20 +87,34 @@ class Runner:
     async def generate(self, model: str, samples: list[Sample], params: dict[str, Any], *,
                        on_done: Callable[[str, Completion], None] | None = None) -> dict[str, Completion]:
         """Completions for every sample (cached ones are not re-sent); order of `samples` kept."""
-        results: dict[str, Completion] = {}
-        queue: asyncio.Queue[Sample] = asyncio.Queue()
+        def done(target: str, sid: str, c: Completion) -> None:
+            if on_done:
+                on_done(sid, c)
+
+        out = await self.generate_targets({model: model}, samples, params, on_done=done)
+        return out[model]
+
+    async def generate_targets(self, models: dict[str, str], samples: list[Sample], params: dict[str, Any], *,
+                               on_done: Callable[[str, str, Completion], None] | None = None
+                               ) -> dict[str, dict[str, Completion]]:
+        """target → sample id → completion. One pool of `concurrency` workers serves every target,
+        sample by sample across targets, so an engine batches base and adapters together."""
+        results: dict[str, dict[str, Completion]] = {t: {} for t in models}
+        queue: asyncio.Queue[tuple[str, Sample]] = asyncio.Queue()
         for s in samples:
-            queue.put_nowait(s)
+            for target in models:
+                queue.put_nowait((target, s))
 
         async def worker(client: httpx.AsyncClient) -> None:
             while not queue.empty():
-                sample = queue.get_nowait()
-                results[sample.id] = await self._one(client, model, sample, params)
+                target, sample = queue.get_nowait()
+                completion = await self._one(client, models[target], sample, params)
+                results[target][sample.id] = completion
                 if on_done:
-                    on_done(sample.id, results[sample.id])
+                    on_done(target, sample.id, completion)
 
         async with self._client() as client:
-            workers = [asyncio.create_task(worker(client)) for _ in range(min(self.concurrency, len(samples)))]
+            workers = [asyncio.create_task(worker(client)) for _ in range(min(self.concurrency, queue.qsize()))]
             try:
                 await asyncio.gather(*workers)
             except BaseException:
@@ -108,7 +122,7 @@ class Runner:
                     w.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
                 raise
-        return {s.id: results[s.id] for s in samples}
+        return {t: {s.id: results[t][s.id] for s in samples} for t in models}
 
     async def _one(self, client: httpx.AsyncClient, model: str, sample: Sample, params: dict[str, Any]
                    ) -> Completion:

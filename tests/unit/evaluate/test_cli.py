@@ -103,14 +103,14 @@ def test_interrupted_run_keeps_its_work_and_resumes(fake, intent_suite, data_dir
     store = RunStore(data_dir / "partial")
     assert store.manifest().status == "partial"
     kept = sum(len(v) for v in store.outputs().values())
-    assert 12 <= kept <= 15
+    assert 13 <= kept <= 15  # requests 0-14 succeeded; an in-flight one may have failed
     fake.state.fail_from = None
     sent_before = len(fake.state.requests)
     opts.out = data_dir / "resumed"
     outcome = run_suite(suite, intent_suite, opts, runs_dir=data_dir / "runs")
     assert outcome.exit_code == 0
     assert len(fake.state.requests) - sent_before == 24 - kept
-    assert outcome.results.targets["base"].usage.cached == 12
+    assert sum(t.usage.cached for t in outcome.results.targets.values()) == kept
 
 
 def test_no_cache_regenerates(capsys, fake, intent_suite, data_dir) -> None:

@@ -60,6 +60,14 @@ def test_gives_a_clear_error_after_the_retries(fake: RunningServer) -> None:
     assert "resume" in exc.value.hint
 
 
+def test_timeouts_are_retried_then_reported(fake: RunningServer) -> None:
+    fake.state.delay_s = 0.5
+    runner = Runner(fake.url, max_retries=1, backoff_s=0.01, timeout_s=0.1)
+    with pytest.raises(EndpointError, match="failed 2 times.*ReadTimeout"):
+        asyncio.run(runner.generate("fake-base", samples(1), PARAMS))
+    assert len(fake.state.requests) == 2
+
+
 def test_unknown_model_fails_at_once_with_the_servers_message(fake: RunningServer) -> None:
     with pytest.raises(EndpointError, match="404 for model 'nope'.*not found"):
         asyncio.run(Runner(fake.url, backoff_s=0.01).generate("nope", samples(3), PARAMS))
