@@ -6,8 +6,10 @@ base-model tokens, which Python indexing turns into *the last slot*: with every 
 requests batched with adapter requests get another tenant's weights. These ops take the batch
 already split by `grouping.group_rows` and never touch rows outside a group.
 
-Numerics follow the stock ops: the shrink (x @ A) runs in the dtype of its output buffer
-(float32 in `add_lora_linear`), the expand (h @ B) in the dtype of the layer output.
+All products are computed in float32 and rounded once to the output's dtype. The stock ops run
+the expand in the layer's dtype; on CPUs without native bfloat16 a skinny bf16 matmul such as
+(32 x 16) @ (16 x 1536) is ~80x slower than in float32 (measured: 4.8 ms vs 0.06 ms), and one
+rounding is also more accurate than two.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def grouped_shrink(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, group
     rank = lora_a.shape[-2]
     out = y[:, :rank]
     for group in groups.groups:
-        a = slot_weight(lora_a, group.slot).to(y.dtype)
-        put_rows(out, group.rows, scale * (take_rows(x, group.rows).to(y.dtype) @ a.T))
+        a = slot_weight(lora_a, group.slot).float()
+        put_rows(out, group.rows, (scale * (take_rows(x, group.rows).float() @ a.T)).to(y.dtype))
     if groups.base_rows is not None:
         zero_rows(out, groups.base_rows)
 
@@ -80,8 +82,8 @@ def grouped_expand(y: torch.Tensor, x: torch.Tensor, lora_b: torch.Tensor, group
         size = min(lora_b.shape[-2], y.shape[1] - offset)
     cols = y[:, offset:offset + size]
     for group in groups.groups:
-        b = slot_weight(lora_b, group.slot)[:size].to(y.dtype)
-        delta = take_rows(x, group.rows).to(y.dtype) @ b.T
+        b = slot_weight(lora_b, group.slot)[:size].float()
+        delta = (take_rows(x, group.rows).float() @ b.T).to(y.dtype)
         (add_rows if add_inputs else put_rows)(cols, group.rows, delta)
     if not add_inputs and groups.base_rows is not None:
         zero_rows(cols, groups.base_rows)
@@ -103,5 +105,6 @@ def grouped_lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: tuple[torch.Te
         deltas = []
         for a_all, b_all, size in zip(lora_a, lora_b, output_slices, strict=True):
             h = (xs @ slot_weight(a_all, group.slot).float().T) * scale
-            deltas.append(h.to(y.dtype) @ slot_weight(b_all, group.slot)[:size].to(y.dtype).T)
-        add_rows(cols, group.rows, deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=1))
+            deltas.append(h @ slot_weight(b_all, group.slot)[:size].float().T)
+        delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=1)
+        add_rows(cols, group.rows, delta.to(y.dtype))
