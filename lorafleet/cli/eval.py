@@ -61,6 +61,10 @@ def run(
 
         outcome = run_suite(suite, suite_path, opts, runs_dir=st.runs_dir, registry=Registry(st.registry_dir),
                             progress=progress)
+    from lorafleet.evaluate.card_link import link_run_to_cards
+
+    for ref in link_run_to_cards(Registry(st.registry_dir), outcome.results, outcome.path):
+        err_console.print(f"recorded on the card of {ref}", highlight=False)
     if push_review and (suite.review.sample or suite.review.pairwise):
         _push(st, outcome.path, suite)
     _show(outcome.results, outcome.path, as_json)

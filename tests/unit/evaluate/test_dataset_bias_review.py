@@ -140,3 +140,23 @@ def test_dataset_from_an_adapter_cards_split(tmp_path: Path, registry) -> None:
     assert len(load_samples(s, data)) == 3
     with pytest.raises(ConfigError, match="records no 'val' dataset"):
         dataset_path(suite(dataset={"adapter": "intents", "split": "val"}), tmp_path / "s.yaml", registry)
+
+
+def test_run_is_recorded_on_the_served_versions_card(fake, intent_suite: Path, data_dir: Path, registry,
+                                                     tmp_path: Path) -> None:
+    from lorafleet.evaluate.card_link import link_run_to_cards
+
+    from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo
+    from tests.unit.core.peft_files import write_fake_peft
+
+    card = AdapterCard(name="intents", version="v1", base=BaseModelRef(id="tiny"),
+                       lora=LoraInfo(rank=8, alpha=16, target_modules=["q_proj", "v_proj"]))
+    registry.register("intents", write_fake_peft(tmp_path / "peft"), card)
+    fake.state.served["intents@latest"] = "intents@v1"
+    outcome = run_suite(load_suite(intent_suite), intent_suite, RunOptions(endpoint=fake.url),
+                        runs_dir=data_dir / "runs")
+    assert link_run_to_cards(registry, outcome.results, outcome.path) == ["intents@v1"]
+    assert link_run_to_cards(registry, outcome.results, outcome.path) == []  # once per run
+    runs = registry.resolve("intents@v1").card.eval_runs
+    assert len(runs) == 1 and runs[0]["run_id"] == outcome.results.run_id and runs[0]["target"] == "intents@latest"
+    assert "label_f1" in runs[0]["metrics"] and runs[0]["passed"] is False
