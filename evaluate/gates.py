@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 
+from lorafleet.evaluate.metrics.registry import LOWER_IS_BETTER
 from lorafleet.evaluate.results import Comparison, GateResult, TargetResult
 from lorafleet.evaluate.suite import Gate
 
@@ -35,9 +36,11 @@ def check_gate(gate: Gate, target: str, results: dict[str, TargetResult], compar
     if comp is None:
         return GateResult(gate=gate.describe(), target=target, passed=False, detail=f"no comparison with {gate.vs}")
     need = gate.min_delta or 0.0
-    passed = comp.delta >= need and (not gate.significant or (comp.significant and comp.delta > 0))
+    # "Better" is down for lower-is-better metrics (perplexity): the gate reads the gain.
+    gain = -comp.delta if gate.metric in LOWER_IS_BETTER else comp.delta
+    passed = gain >= need and (not gate.significant or (comp.significant and gain > 0))
     return GateResult(gate=gate.describe(), target=target, passed=bool(passed),
-                      detail=f"delta {comp.delta:+.4f} (need >= {need:g}), p={comp.p_value:.4f}")
+                      detail=f"gain {gain:+.4f} (need >= {need:g}), p={comp.p_value:.4f}")
 
 
 def apply_gates(gates: list[Gate], results: dict[str, TargetResult], comparisons: list[Comparison],

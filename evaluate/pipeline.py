@@ -69,6 +69,8 @@ async def generate_all(suite: Suite, samples: list[Sample], runner: Runner, mode
 
     await runner.generate_targets({t: models[t] for t in suite.targets}, samples, suite.generation.params(),
                                   on_done=on_done)
+    if "perplexity" in suite.metric_families():
+        await runner.add_reference_logprobs({t: models[t] for t in suite.targets}, samples, outputs)
 
 
 def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Path, registry: Registry | None = None,

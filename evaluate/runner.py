@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from lorafleet.evaluate.cache import ResponseCache, cache_key
 from lorafleet.evaluate.dataset import Sample
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from lorafleet.errors import LorafleetError
 
@@ -33,6 +33,8 @@ class Completion(BaseModel):
     completion_tokens: int | None = None
     finish_reason: str | None = None
     cached: bool = False
+    ref_nll: float | None = Field(default=None, description="Summed -logprob of the reference's tokens.")
+    ref_tokens: int | None = Field(default=None, description="How many tokens covered the reference.")
 
 
 def api_root(endpoint: str) -> str:
@@ -138,6 +140,42 @@ class Runner:
             self.cache.put(key, completion.model_dump(exclude={"cached"}))
         return completion
 
+    async def add_reference_logprobs(self, models: dict[str, str], samples: list[Sample],
+                                     results: dict[str, dict[str, Completion]]) -> None:
+        """Fill `ref_nll`/`ref_tokens`: the reference appended as the assistant turn, scored by the
+        endpoint's prompt logprobs (vLLM's `prompt_logprobs`); left empty where it gives none."""
+        jobs = [(t, s) for s in samples for t in models if s.reference and results[t][s.id].ref_nll is None]
+        if not jobs:
+            return
+        queue: asyncio.Queue[tuple[str, Sample]] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            while not queue.empty():
+                target, sample = queue.get_nowait()
+                scored = await self._reference_nll(client, models[target], sample)
+                if scored is not None:
+                    results[target][sample.id].ref_nll, results[target][sample.id].ref_tokens = scored
+
+        async with self._client() as client:
+            await asyncio.gather(*(worker(client) for _ in range(min(self.concurrency, len(jobs)))))
+
+    async def _reference_nll(self, client: httpx.AsyncClient, model: str, sample: Sample
+                             ) -> tuple[float, int] | None:
+        messages = [m.model_dump() for m in sample.messages] + [{"role": "assistant", "content": sample.reference}]
+        params = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "add_generation_prompt": False,
+                  "continue_final_message": True}
+        key = cache_key(self.endpoint, model, messages, params)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            return None if hit.get("nll") is None else (hit["nll"], hit["tokens"])
+        resp = await self._request(client, "POST", "/v1/chat/completions", {"model": model, "messages": messages,
+                                                                              **params})
+        scored = reference_nll(resp.json().get("prompt_logprobs"), sample.reference)
+        if self.cache is not None:
+            self.cache.put(key, {"nll": scored[0] if scored else None, "tokens": scored[1] if scored else None})
+        return scored
+
     @staticmethod
     def _parse(resp: httpx.Response, latency: float) -> Completion:
         try:
@@ -183,3 +221,25 @@ class Runner:
             except ValueError:
                 pass
         return self.backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)
+
+
+def reference_nll(prompt_logprobs: Any, reference: str) -> tuple[float, int] | None:
+    """Sum of -logprob over the last prompt tokens that together spell the reference.
+
+    `prompt_logprobs` is vLLM's list (None for the first token) of {token_id: {logprob, decoded_token}}
+    holding the prompt token itself; the chat template ends with the reference, so we walk back from
+    the end until the decoded text covers it.
+    """
+    if not isinstance(prompt_logprobs, list) or not reference.strip():
+        return None
+    target = reference.strip()
+    text, nll = "", 0.0
+    for count, entry in enumerate(reversed(prompt_logprobs), start=1):
+        if not isinstance(entry, dict) or not entry:
+            return None
+        info = next(iter(entry.values()))
+        text = (info.get("decoded_token") or "") + text
+        nll -= float(info["logprob"])
+        if len(text.strip()) >= len(target):
+            return nll, count
+    return None

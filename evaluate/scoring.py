@@ -12,6 +12,7 @@ import numpy as np
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.gates import apply_gates
 from lorafleet.evaluate.metrics import MetricResult, compute_metrics
+from lorafleet.evaluate.metrics.perplexity import perplexity
 from lorafleet.evaluate.metrics.squad import normalize_answer, token_f1_one
 from lorafleet.evaluate.results import BiasTarget, Comparison, MetricScore, TargetResult, Usage
 from lorafleet.evaluate.runner import Completion
@@ -92,6 +93,10 @@ def score_target(suite: Suite, samples: list[Sample], outputs: dict[str, Complet
     metrics = compute_metrics(suite.metric_families(), preds, [s.references for s in samples],
                               gold_labels=gold, pred_labels=pred_labels, labels=suite.extraction.labels,
                               invalid=suite.extraction.invalid_label)
+    has_logprobs = all(c.ref_nll is not None and c.ref_tokens for c in completions)
+    if "perplexity" in suite.metric_families() and has_logprobs:
+        metrics["perplexity"] = perplexity([c.ref_nll or 0.0 for c in completions],
+                                           [c.ref_tokens or 0 for c in completions])
     st = suite.stats
     scores = {}
     for name, m in metrics.items():

@@ -23,7 +23,9 @@ FAMILY_OF: dict[str, str] = {
     "token_f1": "token_f1", "exact_match": "exact_match",
     "accuracy": "classification", "label_f1": "classification", "label_micro_f1": "classification",
     "classification": "classification",
+    "perplexity": "perplexity",
 }
+LOWER_IS_BETTER = frozenset({"perplexity"})
 METRIC_NAMES = sorted(FAMILY_OF)
 
 
@@ -44,6 +46,8 @@ def compute_metrics(families: dict[str, dict[str, Any]], predictions: list[str],
     """Run each requested family (name → options) and return every metric it yields by name."""
     out: dict[str, MetricResult] = {}
     for family, options in families.items():
+        if family == "perplexity":
+            continue  # needs endpoint logprobs, not texts: see metrics.perplexity
         if family == "classification":
             if gold_labels is None or pred_labels is None:
                 continue

@@ -36,6 +36,7 @@ class FakeState:
     fail_next: list[int] = field(default_factory=list)
     fail_from: int | None = None  # every chat request from this index on answers 503
     api_key: str | None = None
+    token_logprob: dict[str, float] | None = None  # model → logprob of every prompt token; None: no logprobs
     delay_s: float = 0.0  # per answer, to make concurrency observable
     in_flight: int = 0
     max_in_flight: int = 0
@@ -93,6 +94,8 @@ def create_app(state: FakeState) -> FastAPI:
         answer = state.answers.get(model, {}).get(text)
         if answer is None:
             answer = state.default(model, text)
+        if body.get("prompt_logprobs") is not None and state.token_logprob is not None:
+            return _with_prompt_logprobs(state, model, body)
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                 "model": state.served.get(model, model),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
@@ -101,6 +104,18 @@ def create_app(state: FakeState) -> FastAPI:
                           "total_tokens": len(text.split()) + len(answer.split())}}
 
     return app
+
+
+def _with_prompt_logprobs(state: FakeState, model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's shape: `prompt_logprobs` is [None, {token_id: {logprob, rank, decoded_token}}, …];
+    here a token is a whitespace-separated word (with its leading space)."""
+    words = " ".join(m["content"] for m in body["messages"]).split()
+    lp = state.token_logprob.get(model, -1.0) if state.token_logprob else -1.0
+    entries: list[Any] = [None] + [{str(i): {"logprob": lp, "rank": 1, "decoded_token": " " + w}}
+                                   for i, w in enumerate(words[1:], start=1)]
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "."}, "finish_reason": "length"}],
+            "prompt_logprobs": entries, "usage": {"prompt_tokens": len(words), "completion_tokens": 1}}
 
 
 def free_port() -> int:
