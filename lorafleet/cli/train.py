@@ -1,5 +1,89 @@
-"""`lorafleet train` — placeholder until issue 4 lands."""
+"""`lorafleet train`: train a LoRA/QLoRA adapter and register it (thin layer over lorafleet.train.recipe).
 
-from lorafleet.cli.common import not_yet
+    lorafleet train --train data/train.jsonl --val data/val.jsonl --name support-intents [--qlora]
+    lorafleet train --config examples/train/support-intents.yaml [--max-steps 20]
+"""
 
-app = not_yet("train", 4)
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from lorafleet.cli.common import console, err_console, print_json, settings_from
+from lorafleet.errors import ConfigError
+
+app = typer.Typer(no_args_is_help=False)
+
+
+@app.callback(invoke_without_command=True)
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="YAML holding the same fields as the flags.")] = None,
+    base: Annotated[Path | None, typer.Option(help="Base HF folder (default: the embedded base).")] = None,
+    train_file: Annotated[Path | None, typer.Option("--train", help="Training JSONL.")] = None,
+    val: Annotated[Path | None, typer.Option(help="Validation JSONL (early stopping; never trained on).")] = None,
+    name: Annotated[str | None, typer.Option(help="Adapter name in the registry.")] = None,
+    qlora: Annotated[bool | None, typer.Option("--qlora/--no-qlora", help="4-bit nf4 base (bitsandbytes).")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank: 8 or 16 (what vLLM serves here).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 2 × rank).")] = None,
+    target_modules: Annotated[str | None, typer.Option(help="Comma-separated, e.g. q_proj,k_proj,v_proj,o_proj.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the training data.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimiser steps (overrides --epochs).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per example.")] = None,
+    on_overlong: Annotated[str | None, typer.Option(help="drop | truncate | error for longer examples.")] = None,
+    allow_leakage: Annotated[bool | None, typer.Option("--allow-leakage", help="Train although val rows are in train.")] = None,
+    eval_steps: Annotated[int | None, typer.Option(help="Validate and checkpoint every N steps.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience (evaluations).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue from the last checkpoint.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Side-by-side generations printed at the end.")] = None,
+    no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a LoRA/QLoRA adapter with TRL SFTTrainer + PEFT, check it is servable, register it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from lorafleet.train.config import build_config, load_config
+    from lorafleet.train.recipe import train as run
+
+    flags: dict[str, Any] = {
+        "base": base, "train": train_file, "val": val, "name": name, "qlora": qlora, "rank": rank, "alpha": alpha,
+        "target_modules": target_modules.split(",") if target_modules else None, "epochs": epochs,
+        "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "max_length": max_length,
+        "on_overlong": on_overlong, "allow_leakage": allow_leakage, "eval_steps": eval_steps,
+        "patience": patience, "seed": seed, "resume": resume, "samples": samples,
+        "track": False if no_track else None,
+    }
+    if config is not None:
+        cfg = load_config(config, flags)
+    else:
+        missing = [f"--{k}" for k in ("train", "name") if flags[k] is None]
+        if missing:
+            raise ConfigError(f"missing {' and '.join(missing)}", hint="or pass --config train.yaml")
+        cfg = build_config({k: v for k, v in flags.items() if v is not None})
+    result = run(cfg, settings_from(ctx), console=err_console, show_progress=not as_json)
+    if as_json:
+        print_json(result)
+        return
+    show_result(result)
+
+
+def show_result(result: Any) -> None:
+    """Val loss base vs adapter, and the sample generations side by side."""
+    where = f"{result.name}@{result.version}" if result.version else result.adapter_dir
+    console.print(f"[bold]{where}[/]  {result.steps} steps, best step {result.best_step}, "
+                  f"{result.wall_time_s:.0f} s, peak RSS {result.peak_rss_mb:.0f} MB, {result.tokens_per_s:.0f} tok/s")
+    if result.val_loss is not None:
+        console.print(f"val loss: base {result.base_val_loss:.3f} → adapter {result.val_loss:.3f}")
+    if result.samples:
+        table = Table("prompt", "reference", "base", "adapter", show_lines=True)
+        for s in result.samples:
+            table.add_row(s.prompt, s.reference, s.base, s.adapter)
+        console.print(table)
+    if result.mlflow_run_id:
+        console.print(f"MLflow run {result.mlflow_run_id}")

@@ -55,6 +55,8 @@ def split_file(path: Path, out_dir: Path, ratios: tuple[float, float, float] = (
     rows: list[LineRecord] = list(read_records(Path(path)))
     texts = [record_text(r.record) for r in rows]
     names = assign(texts, [content_hash(r.record) for r in rows], ratios, threshold)
+    # Synthetic records only ever train: evaluating on them would measure the generator.
+    names = ["train" if _augmented(r.raw) else s for r, s in zip(rows, names, strict=True)]
     files, counts = {}, {}
     for split in SPLIT_NAMES:
         target = Path(out_dir) / f"{split}.jsonl"
@@ -62,3 +64,8 @@ def split_file(path: Path, out_dir: Path, ratios: tuple[float, float, float] = (
         files[split] = str(target)
     n_groups = len({g for g in groups(len(texts), near_duplicate_pairs(texts, threshold))})
     return SplitResult(counts=counts, files=files, near_duplicate_groups=len(texts) - n_groups)
+
+
+def _augmented(raw: dict) -> bool:
+    prov = raw.get("provenance")
+    return isinstance(prov, dict) and bool(prov.get("augmented"))

@@ -1,0 +1,256 @@
+"""`lorafleet data check`: everything wrong with a dataset before it costs a training run.
+
+Errors (exit 1): unparsable lines, missing fields, wrong roles, empty turns, leakage between
+the given split files. Warnings: duplicates, near-duplicates, label variants, class imbalance,
+over-long examples, PII, low inter-annotator agreement.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from lorafleet.errors import FormatError, LorafleetError
+from lorafleet.formats import LineRecord, metadata, read_records_lenient, to_chat
+from lorafleet.train.data.neardup import near_duplicate_pairs
+from lorafleet.train.data.pii import find_pii
+from lorafleet.train.data.text import content_hash, normalise, normalise_label, prompt_text, record_label, record_text
+from lorafleet.train.dataset import check_roles
+
+Severity = Literal["error", "warning"]
+SPLIT_WORDS = ("train", "val", "valid", "validation", "dev", "test")
+IMBALANCE_RATIO = 5.0
+LOW_KAPPA = 0.6
+
+
+class Issue(BaseModel):
+    severity: Severity
+    code: str
+    where: str = Field(description="file:line, or the file")
+    message: str
+
+
+class LengthStats(BaseModel):
+    max_length: int
+    p50: int
+    p95: int
+    p99: int
+    max: int
+    over: int
+    tokenizer: str
+
+
+class FileStats(BaseModel):
+    path: str
+    records: int
+    format: str | None
+    labels: dict[str, int] = Field(default_factory=dict)
+
+
+class CheckReport(BaseModel):
+    files: list[FileStats]
+    issues: list[Issue]
+    lengths: LengthStats | None = None
+    kappa: dict[str, float] = Field(default_factory=dict, description="annotator pair → Cohen's kappa")
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def split_of(path: str) -> str:
+    """'…/val.jsonl' → 'val'; files not named for a split are their own group."""
+    stem = Path(path).stem.lower()
+    for word in SPLIT_WORDS:
+        if stem == word or stem.endswith(f"_{word}") or stem.endswith(f"-{word}") or stem.startswith(f"{word}"):
+            return {"valid": "val", "validation": "val", "dev": "val"}.get(word, word)
+    return path
+
+
+def check_files(paths: list[Path], *, max_length: int = 512, tokenizer: Any = None, near_threshold: float = 0.8,
+                tokenizer_name: str = "whitespace") -> CheckReport:
+    """Run every check over the files together (leakage is between files of different splits)."""
+    issues: list[Issue] = []
+    files: list[FileStats] = []
+    rows: list[LineRecord] = []
+    for path in paths:
+        good, bad = read_records_lenient(Path(path))
+        issues += [Issue(severity="error", code="schema", where=_where(e), message=_message(e)) for e in bad]
+        rows += good
+        labels = Counter(lab for r in good if (lab := record_label(r.record)) is not None)
+        fmt = type(good[0].record).__name__.removesuffix("Record").lower() if good else None
+        files.append(FileStats(path=str(path), records=len(good), format=fmt, labels=dict(labels)))
+    issues += structure_issues(rows)
+    issues += duplicate_issues(rows, near_threshold)
+    issues += leakage_issues(rows)
+    issues += label_issues(rows)
+    issues += pii_issues(rows)
+    lengths, over = length_stats(rows, max_length, tokenizer, tokenizer_name)
+    issues += over
+    kappa, kappa_issues = agreement(rows)
+    return CheckReport(files=files, issues=issues + kappa_issues, lengths=lengths, kappa=kappa)
+
+
+def _where(exc: LorafleetError) -> str:
+    if isinstance(exc, FormatError) and exc.path:
+        return f"{exc.path}:{exc.line}" if exc.line else exc.path
+    return ""
+
+
+def _message(exc: LorafleetError) -> str:
+    text = exc.message
+    where = _where(exc)
+    return text.removeprefix(f"{where}: ") if where else text
+
+
+def structure_issues(rows: list[LineRecord]) -> list[Issue]:
+    """Role order and empty turns (the recipe refuses these)."""
+    out = []
+    for r in rows:
+        where = f"{r.path}:{r.line}"
+        try:
+            check_roles(to_chat(r.record), where)
+        except FormatError as exc:
+            code = "empty_turn" if "empty" in exc.message else "roles"
+            out.append(Issue(severity="error", code=code, where=where, message=_message(exc)))
+    return out
+
+
+def duplicate_issues(rows: list[LineRecord], threshold: float) -> list[Issue]:
+    out = []
+    first: dict[str, str] = {}
+    exact = set()
+    for i, r in enumerate(rows):
+        h = content_hash(r.record)
+        where = f"{r.path}:{r.line}"
+        if h in first:
+            exact.add(i)
+            out.append(Issue(severity="warning", code="duplicate", where=where, message=f"exact duplicate of {first[h]}"))
+        else:
+            first[h] = where
+    texts = [record_text(r.record) for r in rows]
+    for i, j, score in near_duplicate_pairs(texts, threshold):
+        if j in exact or normalise(texts[i]) == normalise(texts[j]):
+            continue
+        a, b = rows[i], rows[j]
+        out.append(Issue(severity="warning", code="near_duplicate", where=f"{b.path}:{b.line}",
+                         message=f"near-duplicate of {a.path}:{a.line} (Jaccard≈{score:.2f})"))
+    return out
+
+
+def leakage_issues(rows: list[LineRecord]) -> list[Issue]:
+    """The same prompt in two splits (train↔val↔test): an evaluation that measures memory."""
+    seen: dict[str, tuple[str, str]] = {}
+    out = []
+    for r in rows:
+        key = normalise(prompt_text(r.record))
+        split = split_of(r.path)
+        if key in seen and seen[key][0] != split:
+            out.append(Issue(severity="error", code="leakage", where=f"{r.path}:{r.line}",
+                             message=f"prompt also in {seen[key][0]} at {seen[key][1]}"))
+        else:
+            seen.setdefault(key, (split, f"{r.path}:{r.line}"))
+    return out
+
+
+def label_issues(rows: list[LineRecord]) -> list[Issue]:
+    """Variants of one label, and classes much rarer than the most common one."""
+    spellings: dict[str, Counter[str]] = defaultdict(Counter)
+    first_line: dict[str, str] = {}
+    for r in rows:
+        label = record_label(r.record)
+        if label is not None:
+            spellings[normalise_label(label)][label] += 1
+            first_line.setdefault(label, f"{r.path}:{r.line}")
+    out = []
+    for norm, variants in spellings.items():
+        if len(variants) > 1:
+            shown = ", ".join(f"{v!r}×{n} (first {first_line[v]})" for v, n in variants.most_common())
+            out.append(Issue(severity="warning", code="label_variants", where=first_line[variants.most_common(1)[0][0]],
+                             message=f"label {norm!r} is spelt {len(variants)} ways: {shown}"))
+    counts = {norm: sum(v.values()) for norm, v in spellings.items()}
+    if len(counts) > 1:
+        top = max(counts.values())
+        for norm, n in sorted(counts.items()):
+            if n * IMBALANCE_RATIO < top:
+                out.append(Issue(severity="warning", code="imbalance", where="",
+                                 message=f"class {norm!r} has {n} records, {top / n:.1f}× fewer than the largest"))
+    return out
+
+
+def pii_issues(rows: list[LineRecord]) -> list[Issue]:
+    out = []
+    for r in rows:
+        kinds = find_pii(record_text(r.record))
+        if kinds:
+            out.append(Issue(severity="warning", code="pii", where=f"{r.path}:{r.line}",
+                             message=f"possible PII: {', '.join(kinds)}"))
+    return out
+
+
+def length_stats(rows: list[LineRecord], max_length: int, tokenizer: Any,
+                 tokenizer_name: str) -> tuple[LengthStats | None, list[Issue]]:
+    """Token counts as the chat template renders them (whitespace words without a tokenizer)."""
+    if not rows:
+        return None, []
+    lengths = []
+    for r in rows:
+        chat = to_chat(r.record)
+        if tokenizer is not None:
+            ids = tokenizer.apply_chat_template([m.model_dump() for m in chat.messages], tokenize=True)
+            lengths.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
+        else:
+            lengths.append(sum(len(m.content.split()) for m in chat.messages))
+    ordered = sorted(lengths)
+
+    def pct(p: float) -> int:
+        return ordered[min(len(ordered) - 1, int(round(p * (len(ordered) - 1))))]
+
+    over = [(r, n) for r, n in zip(rows, lengths, strict=True) if n > max_length]
+    stats = LengthStats(max_length=max_length, p50=pct(0.5), p95=pct(0.95), p99=pct(0.99), max=ordered[-1],
+                        over=len(over), tokenizer=tokenizer_name)
+    issues = []
+    if over:
+        r, n = over[0]
+        issues.append(Issue(severity="warning", code="overlong", where=f"{r.path}:{r.line}",
+                            message=f"{len(over)} records exceed --max-length {max_length} (first: {n} tokens); "
+                                    "training drops them unless --on-overlong truncate"))
+    return stats, issues
+
+
+def agreement(rows: list[LineRecord]) -> tuple[dict[str, float], list[Issue]]:
+    """Cohen's kappa per annotator pair where records carry `annotations: {annotator: label}`."""
+    from sklearn.metrics import cohen_kappa_score
+
+    by_pair: dict[tuple[str, str], tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    for r in rows:
+        ann = metadata(r.record).get("annotations")
+        if not isinstance(ann, dict):
+            continue
+        labels = {str(k): normalise_label(str(v)) for k, v in ann.items()}
+        for a, b in combinations(sorted(labels), 2):
+            by_pair[(a, b)][0].append(labels[a])
+            by_pair[(a, b)][1].append(labels[b])
+    kappa, issues = {}, []
+    for (a, b), (xs, ys) in sorted(by_pair.items()):
+        if len(xs) < 2:
+            continue
+        value = 1.0 if xs == ys else float(cohen_kappa_score(xs, ys))
+        kappa[f"{a}~{b}"] = round(value, 4)
+        if value < LOW_KAPPA:
+            issues.append(Issue(severity="warning", code="agreement", where="",
+                                message=f"annotators {a} and {b} agree little (Cohen's kappa {value:.2f} "
+                                        f"over {len(xs)} records): review the guidelines"))
+    return kappa, issues

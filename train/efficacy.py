@@ -1,0 +1,51 @@
+"""The quick efficacy check that needs no server: val loss and a few generations, base vs adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from lorafleet.train.dataset import Example
+
+
+class Sample(BaseModel):
+    prompt: str
+    reference: str
+    base: str
+    adapter: str
+
+
+def generate(model: Any, tokenizer: Any, example: Example, max_new_tokens: int = 32) -> str:
+    import torch
+
+    ids = tokenizer.apply_chat_template(example.prompt, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def side_by_side(model: Any, tokenizer: Any, examples: list[Example], n: int) -> list[Sample]:
+    """Greedy generations of the base (adapter disabled) and the adapter on the first n examples."""
+    samples = []
+    model.eval()
+    for ex in examples[:n]:
+        adapter = generate(model, tokenizer, ex)
+        with model.disable_adapter():
+            base = generate(model, tokenizer, ex)
+        samples.append(Sample(prompt=ex.prompt[-1]["content"], reference=ex.completion[0]["content"],
+                              base=base, adapter=adapter))
+    return samples
+
+
+def base_val_loss(trainer: Any) -> float | None:
+    """Val loss with the adapter switched off: the same data, loss mask and code path."""
+    from transformers import EarlyStoppingCallback
+
+    if trainer.eval_dataset is None:
+        return None
+    trainer.remove_callback(EarlyStoppingCallback)  # training is over; this evaluation is not a candidate
+    with trainer.model.disable_adapter():
+        return float(trainer.evaluate(metric_key_prefix="base")["base_loss"])

@@ -1,0 +1,52 @@
+"""Loading the base (full precision or 4-bit nf4) and wrapping it with LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lorafleet.base_model import BaseInfo, inspect_base
+from lorafleet.errors import BaseModelError
+from lorafleet.train.config import TrainConfig
+
+
+def check_base(base: Path) -> BaseInfo:
+    """The base folder, refusing anything that is not a causal LM with a tokenizer."""
+    info = inspect_base(Path(base))
+    if not any((Path(base) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise BaseModelError(f"{base}: no tokenizer files", hint="save the tokenizer into the base folder")
+    return info
+
+
+def load_tokenizer(base: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(base: Path, *, qlora: bool) -> Any:
+    """fp32 on CPU (bf16 autocast is slower there); nf4 4-bit weights with fp32 compute for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not qlora:
+        return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=torch.float32)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def lora_config(config: TrainConfig) -> Any:
+    """Only what vLLM serves: plain LoRA, bias none, no DoRA, no modules_to_save."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), bias="none", use_dora=False,
+                      task_type="CAUSAL_LM")
