@@ -96,6 +96,11 @@ def queue_public(session: Session, *, queue: Queue) -> QueuePublic:
                        items=items, grades=grades, needed=items * queue.overlap)
 
 
+def graded_by(session: Session, *, queue: Queue, user: User) -> int:
+    return session.scalar(select(func.count()).select_from(Grade).where(
+        Grade.reviewer_id == user.id, Grade.queue_id == queue.id)) or 0
+
+
 def check_item_fits(queue: Queue, item: ReviewItem) -> None:
     if queue.mode == "pairwise" and item.responses is None:
         raise ReviewError(f"item {item.id!r}: queue {queue.name!r} is pairwise and needs 'responses'",

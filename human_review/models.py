@@ -85,6 +85,7 @@ class Grade(Base):
     __table_args__ = (
         UniqueConstraint("item_id", "reviewer_id"),
         Index("ix_grades_queue", "queue_id", "id"),
+        Index("ix_grades_reviewer", "reviewer_id", "queue_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

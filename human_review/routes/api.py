@@ -7,6 +7,7 @@ import json
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from lorafleet.human_review import crud, export, stats
+from lorafleet.human_review.db import writing
 from lorafleet.human_review.deps import ApiCallerDep, SessionDep
 from lorafleet.human_review.errors import Forbidden, NotFound
 from lorafleet.human_review.models import Queue
@@ -30,8 +31,9 @@ def _queue(session, caller, name: str) -> Queue:  # noqa: ANN001
 @router.post("/items", response_model=IngestResponse)
 def ingest_items(body: IngestRequest, session: SessionDep, caller: ApiCallerDep) -> IngestResponse:
     queue = _queue(session, caller, body.queue)
-    result = crud.ingest(session, queue=queue, items=body.items)
-    session.commit()
+    with writing(session):
+        result = crud.ingest(session, queue=queue, items=body.items)
+        session.commit()
     return result
 
 

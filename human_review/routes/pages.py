@@ -61,7 +61,8 @@ def grade_page(request: Request, name: str, public_id: str, session: SessionDep,
     sides = leases.pairwise_sides(item, slot) if queue.mode == "pairwise" else None
     return _page(request, "grade.html", user, queue=queue, rubric=Rubric.model_validate(queue.rubric),
                  item=review_item, public_id=item.public_id, sides=sides,
-                 progress=crud.queue_public(session, queue=queue), renew_ms=settings.lease_seconds * 1000 // 3,
+                 done_by_me=crud.graded_by(session, queue=queue, user=user),
+                 renew_ms=settings.lease_seconds * 1000 // 3,
                  error=None)
 
 

@@ -74,6 +74,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('grades', schema=None) as batch_op:
         batch_op.create_index('ix_grades_queue', ['queue_id', 'id'], unique=False)
+        batch_op.create_index('ix_grades_reviewer', ['reviewer_id', 'queue_id'], unique=False)
 
     op.create_table('skips',
     sa.Column('item_id', sa.Integer(), nullable=False),
@@ -115,6 +116,7 @@ def downgrade() -> None:
     op.drop_table('slots')
     op.drop_table('skips')
     with op.batch_alter_table('grades', schema=None) as batch_op:
+        batch_op.drop_index('ix_grades_reviewer')
         batch_op.drop_index('ix_grades_queue')
 
     op.drop_table('grades')
