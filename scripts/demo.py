@@ -1,78 +1,319 @@
 """`make demo`: the whole loop on the embedded base, step by step, resumable.
 
-Each step is a CLI call (the same commands a user runs); finished steps are recorded in
-.lorafleet/demo/state.json and skipped on a rerun.
+Every step runs the same `lorafleet` commands a user would. Finished steps are recorded in
+.lorafleet/demo/state.json and skipped on a rerun; the background services (gateway + vLLM,
+review app) are restarted when they are not running. `make stop` (this script with --stop)
+stops them by pid.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from rich.rule import Rule
+from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STATE = REPO / ".lorafleet" / "demo" / "state.json"
+DEMO = REPO / ".lorafleet" / "demo"
+STATE = DEMO / "state.json"
+SECRETS = DEMO / "secrets.json"
+GATEWAY_PORT = 8000
+REVIEW_PORT = 8001
+GATEWAY = f"http://127.0.0.1:{GATEWAY_PORT}"
+REVIEW = f"http://127.0.0.1:{REVIEW_PORT}"
+TASKS = ("support-intents", "contract-clauses", "ticket-summaries")
+REVIEWER = ("demo", "demo-review-pass")
 console = Console()
 
 
-def lorafleet(*args: str, capture: bool = False) -> str:
-    cmd = [str(BIN / "lorafleet"), *args]
-    console.print(f"[dim]$ lorafleet {' '.join(args)}[/]")
-    result = subprocess.run(cmd, cwd=REPO, text=True, capture_output=capture)
-    if result.returncode != 0:
+# ---- plumbing -------------------------------------------------------------------------------
+
+def lorafleet(*args: str, capture: bool = False, ok: tuple[int, ...] = (0,), stdin: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `lorafleet ARGS` as a user would; stop the demo on an unexpected exit code."""
+    console.print(f"[dim]$ lorafleet {' '.join(args)}[/]", highlight=False)
+    result = subprocess.run([str(BIN / "lorafleet"), *args], cwd=REPO, text=True, input=stdin,
+                            capture_output=capture, env={**os.environ, **(env or {})})
+    if result.returncode not in ok:
         if capture:
-            sys.stderr.write(result.stderr)
-        raise SystemExit(f"demo: `lorafleet {' '.join(args)}` failed (exit {result.returncode})")
-    return result.stdout if capture else ""
+            sys.stderr.write(result.stdout[-3000:] + result.stderr[-3000:])
+        raise SystemExit(f"demo: `lorafleet {' '.join(args)}` exited {result.returncode}")
+    return result
 
 
-def step_prepare_base() -> None:
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def secret(name: str, make: Callable[[], str]) -> str:
+    """A demo secret, created once and kept (0600) so reruns reuse it."""
+    data = load_json(SECRETS)
+    if name not in data:
+        data[name] = make()
+        save_json(SECRETS, data)
+    return data[name]
+
+
+def wait_http(url: str, what: str, timeout: float, pid: int | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    with console.status(f"waiting for {what} ({url}) …"):
+        while time.monotonic() < deadline:
+            if pid is not None and not pid_alive(pid):
+                raise SystemExit(f"demo: {what} exited; see its log in {DEMO / 'logs'}")
+            try:
+                if httpx.get(url, timeout=2).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+    raise SystemExit(f"demo: {what} not ready after {timeout:.0f} s; see {DEMO / 'logs'}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def start_background(name: str, args: list[str], env: dict[str, str]) -> int:
+    """Start `lorafleet ARGS` detached, log to .lorafleet/demo/logs/NAME.log, remember its pid."""
+    pids = load_json(DEMO / "pids.json")
+    if name in pids and pid_alive(pids[name]):
+        console.print(f"{name} already running (pid {pids[name]})")
+        return pids[name]
+    (DEMO / "logs").mkdir(parents=True, exist_ok=True)
+    console.print(f"[dim]$ lorafleet {' '.join(args)} &[/]", highlight=False)
+    with open(DEMO / "logs" / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen([str(BIN / "lorafleet"), *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env}, start_new_session=True)
+    pids[name] = proc.pid
+    save_json(DEMO / "pids.json", pids)
+    return proc.pid
+
+
+def stop_services() -> None:
+    pids = load_json(DEMO / "pids.json")
+    for name, pid in pids.items():
+        if pid_alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(30):
+                if not pid_alive(pid):
+                    break
+                time.sleep(0.5)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+            console.print(f"stopped {name} (pid {pid})")
+    (DEMO / "pids.json").unlink(missing_ok=True)
+
+
+# ---- the steps ------------------------------------------------------------------------------
+
+def step_base() -> None:
     lorafleet("base", "prepare")
     lorafleet("base", "info")
+    lorafleet("base", "generate", "What is the capital of France?")
 
 
-STEPS = [
-    ("prepare the embedded base model", step_prepare_base),
+def step_data() -> None:
+    console.print("[dim]$ python examples/generate_datasets.py --out examples/data[/]")
+    subprocess.run([sys.executable, "examples/generate_datasets.py", "--out", "examples/data"],
+                   cwd=REPO, check=True)
+    for task in TASKS:
+        files = [f"examples/data/{task}/{s}.jsonl" for s in ("train", "val", "test")]
+        lorafleet("data", "check", *files)
+    console.print("[bold]the intentionally dirty copy — data check must find its problems:[/]")
+    lorafleet("data", "check", "examples/data/support-intents-dirty/train.jsonl",
+              "examples/data/support-intents/val.jsonl", ok=(1,))
+    lorafleet("data", "split", "examples/data/support-intents-dirty/train.jsonl",
+              "--out", str(DEMO / "split-dirty"))
+
+
+def train_step(task: str) -> Callable[[], None]:
+    def step() -> None:
+        lorafleet("train", "--config", f"examples/train/{task}.yaml")
+    return step
+
+
+def step_services() -> None:
+    review_env = {"LORAFLEET_REVIEW_ADMIN_TOKEN": secret("review_admin_token", lambda: secrets.token_urlsafe(24))}
+    review_pid = start_background("review", ["review", "serve", "--port", str(REVIEW_PORT)], review_env)
+    wait_http(f"{REVIEW}/login", "review app", 120, review_pid)
+    user, password = REVIEWER
+    lorafleet("review", "users", "add", user, "--role", "reviewer", "--password-stdin", stdin=password + "\n",
+              ok=(0, 2), capture=True)
+    for task in TASKS:
+        lorafleet("review", "queues", "create", f"eval-{task}", "--rubric", rubric_for(task), "--member", user,
+                  ok=(0, 2), capture=True)
+    lorafleet("review", "queues", "create", "eval-support-intents-pairwise", "--pairwise", "--member", user,
+              ok=(0, 2), capture=True)
+    lorafleet("review", "queues", "create", "live-capture", "--rubric", "examples/rubrics/general.yaml",
+              "--member", user, ok=(0, 2), capture=True)
+    gateway_env = {"LORAFLEET_REVIEW_URL": REVIEW, "LORAFLEET_REVIEW_TOKEN": review_env["LORAFLEET_REVIEW_ADMIN_TOKEN"]}
+    gateway_pid = start_background("gateway", [
+        "serve", "--port", str(GATEWAY_PORT), "--review-url", REVIEW,
+        "--review-token", review_env["LORAFLEET_REVIEW_ADMIN_TOKEN"], "--capture", "support-intents=1.0",
+    ], gateway_env)
+    wait_http(f"{GATEWAY}/health", "gateway", 60, gateway_pid)
+    wait_http_ready(gateway_pid)
+    key = secret("api_key", lambda: create_key())
+    console.print(f"demo API key stored in {SECRETS} (key {key[:10]}…)")
+
+
+def wait_http_ready(pid: int) -> None:
+    deadline = time.monotonic() + 600
+    with console.status("waiting for vLLM to load the base model (60–90 s on 2 cores) …"):
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                raise SystemExit(f"demo: the gateway exited; see {DEMO / 'logs' / 'gateway.log'}")
+            try:
+                if httpx.get(f"{GATEWAY}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+    raise SystemExit("demo: vLLM not ready after 600 s")
+
+
+def create_key() -> str:
+    out = lorafleet("keys", "create", "--name", "demo", "--adapters", "*", "--json", capture=True).stdout
+    return json.loads(out)["key"]
+
+
+def rubric_for(task: str) -> str:
+    own = REPO / "examples" / "rubrics" / f"{task}.yaml"
+    return str(own.relative_to(REPO)) if own.exists() else "examples/rubrics/general.yaml"
+
+
+def eval_env() -> dict[str, str]:
+    return {"LORAFLEET_REVIEW_URL": REVIEW, "LORAFLEET_REVIEW_TOKEN": load_json(SECRETS)["review_admin_token"]}
+
+
+def eval_step(task: str) -> Callable[[], None]:
+    def step() -> None:
+        out = DEMO / "eval" / task
+        lorafleet("eval", "run", f"examples/suites/{task}.yaml", "--endpoint", GATEWAY,
+                  "--api-key", load_json(SECRETS)["api_key"], "--out", str(out), "--push-review",
+                  ok=(0, 1), env=eval_env())
+        lorafleet("eval", "report", str(out), "--format", "html")
+    return step
+
+
+def step_capture() -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{GATEWAY}/v1", api_key=load_json(SECRETS)["api_key"])
+    prompts = ["My card was charged twice for one order, please help.",
+               "Where is my parcel? It has been ten days.",
+               "I want to cancel my subscription today."]
+    for i, prompt in enumerate(prompts):
+        reply = client.chat.completions.create(model="support-intents", user=f"demo-user-{i}", max_tokens=32,
+                                               temperature=0, messages=[{"role": "user", "content": prompt}])
+        console.print(f"[bold]{reply.model}[/] ← {prompt}\n   → {reply.choices[0].message.content}", highlight=False)
+
+
+def summary() -> None:
+    table = Table("suite", "target", "metric", "value [95% CI]", "gates", title="base vs adapters (held-out test)")
+    for task in TASKS:
+        results = DEMO / "eval" / task / "results.json"
+        if not results.exists():
+            continue
+        data = json.loads(results.read_text())
+        for row in summary_rows(data):
+            table.add_row(task, *row)
+    console.print(table)
+    key = load_json(SECRETS).get("api_key", "<key>")
+    console.print(f"""
+[bold]gateway[/]      {GATEWAY}/v1   (OpenAI-compatible; metrics at {GATEWAY}/metrics)
+[bold]review app[/]   {REVIEW}   (log in as {REVIEWER[0]} / {REVIEWER[1]})
+[bold]reports[/]      {DEMO / 'eval'}/<suite>/report.html
+[bold]registry[/]     lorafleet adapters list
+
+curl {GATEWAY}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+  -d '{{"model": "support-intents", "messages": [{{"role": "user", "content": "I was charged twice"}}]}}'
+
+python -c "from openai import OpenAI; c = OpenAI(base_url='{GATEWAY}/v1', api_key='{key}'); \\
+print(c.chat.completions.create(model='support-intents@latest', \\
+messages=[{{'role': 'user', 'content': 'Where is my parcel?'}}]).choices[0].message.content)"
+
+stop everything with: [bold]make stop[/]""", highlight=False)
+
+
+def summary_rows(data: dict) -> list[tuple[str, str, str, str]]:
+    """(target, metric, value with CI, gate verdicts) rows from an eval run's results.json."""
+    rows = []
+    gates = data.get("gates", [])
+    verdict = ", ".join(f"{'PASS' if g.get('passed') else 'FAIL'} {g.get('gate', g.get('expr', ''))}"
+                        for g in gates) or "-"
+    for target, metrics in data.get("metrics", {}).items():
+        for name, m in metrics.items():
+            if not isinstance(m, dict) or "value" not in m:
+                continue
+            ci = m.get("ci") or [None, None]
+            ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if None not in ci else ""
+            rows.append((target, name, f"{m['value']:.3f}{ci_text}", verdict))
+            verdict = ""
+    return rows
+
+
+STEPS: list[tuple[str, Callable[[], None], bool]] = [
+    # (title, function, resumable: skipped when done before)
+    ("prepare the embedded base model", step_base, True),
+    ("generate, check and split the example datasets", step_data, True),
+    *[(f"train the {t} adapter", train_step(t), True) for t in TASKS],
+    ("start the gateway (vLLM + LoRA) and the review app", step_services, False),
+    *[(f"evaluate base vs {t} through the gateway", eval_step(t), True) for t in TASKS],
+    ("capture live requests into review", step_capture, True),
 ]
 
 
-def load_state() -> dict[str, float]:
-    return json.loads(STATE.read_text()) if STATE.exists() else {}
-
-
-def save_state(state: dict[str, float]) -> None:
-    STATE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = STATE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(STATE)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fresh", action="store_true", help="Forget finished steps.")
-    parser.add_argument("--stop", action="store_true", help="Stop background services.")
+    parser.add_argument("--stop", action="store_true", help="Stop the background services.")
     args = parser.parse_args()
     if args.stop:
+        stop_services()
         return
-    state = {} if args.fresh else load_state()
-    for i, (title, fn) in enumerate(STEPS, start=1):
+    state = {} if args.fresh else load_json(STATE)
+    started = time.monotonic()
+    for i, (title, fn, resumable) in enumerate(STEPS, start=1):
         console.print(Rule(f"[bold]{i}/{len(STEPS)} {title}"))
-        if title in state:
+        if resumable and title in state:
             console.print(f"[green]✓ done before[/] ({state[title]:.0f} s) — skipped")
             continue
-        start = time.monotonic()
+        t0 = time.monotonic()
         fn()
-        state[title] = time.monotonic() - start
-        save_state(state)
-    console.print(Rule("[bold]the base model answers"))
-    lorafleet("base", "generate", "What is the capital of France?")
+        state[title] = time.monotonic() - t0
+        save_json(STATE, state)
+        console.print(f"[green]✓[/] {state[title]:.0f} s")
+    console.print(Rule("[bold]summary"))
+    summary()
+    times = Table("step", "seconds", title=f"wall time this run: {time.monotonic() - started:.0f} s")
+    for title, seconds in state.items():
+        times.add_row(title, f"{seconds:.0f}")
+    console.print(times)
 
 
 if __name__ == "__main__":
