@@ -9,8 +9,11 @@ from fastapi.responses import StreamingResponse
 from lorafleet.human_review import crud, export, stats
 from lorafleet.human_review.db import writing
 from lorafleet.human_review.deps import ApiCallerDep, SessionDep
-from lorafleet.human_review.errors import Forbidden, NotFound
+from lorafleet.human_review.errors import Forbidden, NotFound, ReviewError
 from lorafleet.human_review.models import Queue
+from lorafleet.human_review.rubrics import Rubric
+from lorafleet.human_review.schemas import QueueCreate, QueueCreated
+from pydantic import ValidationError
 
 from lorafleet.samples import IngestRequest, IngestResponse
 
@@ -26,6 +29,23 @@ def _queue(session, caller, name: str) -> Queue:  # noqa: ANN001
         # Same answer for "no such queue" and "not yours": a queue token learns nothing about others.
         raise Forbidden("this token may not use that queue", hint="use the queue's own token or the admin token")
     return queue
+
+
+@router.post("/queues", response_model=QueueCreated, status_code=201)
+def create_queue(body: QueueCreate, session: SessionDep, caller: ApiCallerDep) -> QueueCreated:
+    """Admin token only: a new queue (rubric given inline as the YAML's mapping) and its ingest token."""
+    if not caller.admin:
+        raise Forbidden("creating queues needs the admin token", hint="queue tokens may only ingest")
+    try:
+        rubric = Rubric.model_validate(body.rubric) if body.rubric else None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ReviewError(f"rubric.{'.'.join(map(str, err['loc']))}: {err['msg']}",
+                          hint="see examples/rubrics/general.yaml") from None
+    with writing(session):
+        created = crud.create_queue(session, queue_in=body, rubric=rubric)
+        session.commit()
+    return created
 
 
 @router.post("/items", response_model=IngestResponse)

@@ -119,3 +119,19 @@ def test_stats_report_agreement_gold_and_disagreements(client, factory) -> None:
     acc = next(a for a in stats["agreement"] if a["criterion"] == "accuracy")
     assert acc["items"] == 6 and acc["alpha"] < 0
     assert len(stats["disagreements"]) == 6 and stats["disagreements"][0]["spread"] == {"accuracy": 3}
+
+
+def test_admin_api_creates_queues_and_queue_tokens_cannot(client, factory) -> None:  # noqa: ANN001
+    rubric = {"name": "tiny", "criteria": [{"name": "ok", "scale": [1, 2], "anchors": {1: "no", 2: "yes"}}]}
+    admin = {"Authorization": "Bearer rva_test_admin_token"}
+    r = client.post("/api/v1/queues", json={"name": "fromeval", "overlap": 2, "rubric": rubric}, headers=admin)
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert ingest(client, "fromeval", items(2), token=token).json() == {"created": 2, "existing": 0}
+    r = client.post("/api/v1/queues", json={"name": "other", "rubric": rubric},
+                    headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403
+    bad = client.post("/api/v1/queues", json={"name": "bad", "rubric": {"name": "x", "criteria": [{"name": "ok"}]}},
+                      headers=admin)
+    assert bad.status_code == 400 and "rubric.criteria.0.anchors" in bad.json()["error"]["message"]
+    assert client.post("/api/v1/queues", json={"name": "fromeval", "rubric": rubric}, headers=admin).status_code == 409

@@ -118,3 +118,13 @@ def test_logout_releases_the_lease(client, factory) -> None:  # noqa: ANN001
     client.post("/logout", data={"csrf_token": csrf})
     login(client, "ben")
     assert client.get("/q/q/next").url.path == held
+
+
+def test_the_open_page_renews_its_lease_with_the_csrf_header(client, factory) -> None:  # noqa: ANN001
+    add_user(factory, "ann")
+    add_queue(factory, "q", members=["ann"])
+    ingest(client, "q", items(1))
+    csrf = login(client, "ann")
+    page = client.get("/q/q/next")
+    assert client.post(page.url.path + "/renew").status_code == 403
+    assert client.post(page.url.path + "/renew", headers={"X-CSRF-Token": csrf}).json() == {"ok": True}
