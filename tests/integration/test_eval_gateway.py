@@ -16,7 +16,7 @@ name: pirate-check
 dataset: data.jsonl
 targets: [base, pirate@prod]
 generation: {{temperature: 0, max_tokens: 12, seed: 0}}
-metrics: [rougeL, chrf, exact_match]
+metrics: [rougeL, chrf, exact_match, perplexity]
 stats: {{resamples: 500, seed: 0}}
 gates:
   - rougeL: {{vs: base, min_delta: {delta}}}
@@ -48,6 +48,9 @@ def test_eval_base_vs_adapter_through_the_gateway(gateway, tmp_path: Path, capsy
     pirate = results["targets"]["pirate@prod"]["metrics"]["rougeL"]["value"]
     base = results["targets"]["base"]["metrics"]["rougeL"]["value"]
     assert pirate > base + 0.3
+    # vLLM's prompt logprobs, through the gateway: the pirate adapter finds its own answer far likelier.
+    ppl = {t: results["targets"][t]["metrics"]["perplexity"]["value"] for t in ("base", "pirate@prod")}
+    assert 1.0 <= ppl["pirate@prod"] < ppl["base"] / 2, ppl
     assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
 
     # A stricter gate, rescored from the stored outputs: exit 1, and nothing is generated again.
