@@ -63,6 +63,9 @@ def score_file(path: Path, metrics: list[str], *, label_pattern: str | None = No
     unknown = [m for m in metrics if m not in FAMILY_OF]
     if unknown:
         raise ConfigError(f"unknown metric {unknown[0]!r}", hint=f"known: {', '.join(sorted(FAMILY_OF))}")
+    if "perplexity" in metrics:
+        raise ConfigError("perplexity needs the model's logprobs, not stored predictions",
+                          hint="put it in a suite and use `eval run`")
     rows = read_predictions(path)
     families = families_for(metrics)
     refs = [r.refs() for r in rows]

@@ -192,3 +192,5 @@ def test_score_file_errors_name_the_line(capsys, tmp_path) -> None:
     assert code == 2 and "preds.jsonl:2" in err and "reference" in err
     code, _, err = cli(capsys, "eval", "score", str(path), "--metrics", "bogus")
     assert code == 2 and "unknown metric 'bogus'" in err
+    code, _, err = cli(capsys, "eval", "score", str(path), "--metrics", "perplexity")
+    assert code == 2 and "logprobs" in err
