@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--vllm-key")
     parser.add_argument("--base-name", default="smollm2-135m-instruct")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests-per-slot", type=int, default=3, help="requests = concurrency × this")
+    parser.add_argument("--requests-per-slot", type=int, default=2, help="requests = concurrency × this")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="A/B alternations per row")
     args = parser.parse_args()
