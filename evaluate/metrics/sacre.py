@@ -30,7 +30,8 @@ def bleu(predictions: list[str], references: list[list[str]], *, tokenize: str =
     corpus_metric = BLEU(tokenize=tokenize, lowercase=lowercase)
     stats, value, signature = _corpus(corpus_metric, predictions, references)
     sentence_metric = BLEU(tokenize=tokenize, lowercase=lowercase, smooth_method="exp", effective_order=True)
-    per = [sentence_metric.sentence_score(p, r or [""]).score for p, r in zip(predictions, references, strict=True)]
+    # A sentence score is the score of that sentence's own statistics: no second tokenisation pass.
+    per = [sentence_metric._compute_score_from_stats(list(row)).score for row in stats]
 
     def aggregate(summed: np.ndarray, n: int) -> float:
         return float(corpus_metric._compute_score_from_stats(list(summed)).score)
@@ -44,8 +45,7 @@ def chrf(predictions: list[str], references: list[list[str]], *, word_order: int
     """Corpus chrF (chrF++ with word_order=2) and sentence chrF per sample."""
     metric = CHRF(word_order=word_order)
     stats, value, signature = _corpus(metric, predictions, references)
-    sentence_metric = CHRF(word_order=word_order)
-    per = [sentence_metric.sentence_score(p, r or [""]).score for p, r in zip(predictions, references, strict=True)]
+    per = [metric._compute_score_from_stats(list(row)).score for row in stats]
 
     def aggregate(summed: np.ndarray, n: int) -> float:
         return float(metric._compute_score_from_stats(list(summed)).score)
