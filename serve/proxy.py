@@ -54,6 +54,7 @@ class Call:
     start: float
     capture: bool
     status: int = 200
+    upstream: HttpUpstream | None = None  # set once one is picked; released in _done
 
 
 class Proxy:
@@ -134,14 +135,13 @@ class Proxy:
                 raise
         upstream.in_flight += 1
         call.body["model"] = served
-        call.body.pop("__upstream__", None)
-        setattr(call, "upstream", upstream)  # noqa: B010 - released in _done
+        call.upstream = upstream
         return upstream
 
     def _done(self, call: Call) -> None:
         self.in_flight -= 1
         self.metrics.in_flight.labels(call.target.adapter).dec()
-        upstream: HttpUpstream | None = getattr(call, "upstream", None)
+        upstream = call.upstream
         if upstream is not None:
             upstream.in_flight -= 1
             if not call.target.is_base:
