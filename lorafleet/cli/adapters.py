@@ -127,3 +127,18 @@ def import_(
         print_json({"name": resolved.name, "version": resolved.version, "path": str(resolved.path)})
         return
     console.print(f"registered [bold]{resolved.served_name}[/] → {resolved.path}")
+
+
+@app.command()
+def merge(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="name, name@v3 or name@prod")],
+    out: Annotated[Path, typer.Option(help="New folder for the merged full model.")],
+    base: Annotated[Path | None, typer.Option(help="Base folder (default: the one in the card).")] = None,
+) -> None:
+    """Fold an adapter into its base: a plain HF model that loads and generates without PEFT."""
+    from lorafleet.train.merge import merge as merge_adapter
+
+    resolved = _registry(ctx).resolve(ref)
+    merge_adapter(resolved, out, base=base)
+    console.print(f"merged {resolved.served_name} → {out}")
