@@ -19,9 +19,12 @@ def _ref_streams(references: list[list[str]]) -> list[list[str | None]]:
 def _corpus(metric: BLEU | CHRF, predictions: list[str], references: list[list[str]]
             ) -> tuple[np.ndarray, float, str]:
     refs = [r or [""] for r in references]
+    metric._check_corpus_score_args(predictions, _ref_streams(refs))
     stats = np.asarray(metric._extract_corpus_statistics(predictions, _ref_streams(refs)), dtype=float)
-    corpus = metric.corpus_score(predictions, _ref_streams(refs))
-    return stats.reshape(len(predictions), -1), float(corpus.score), str(metric.get_signature())
+    stats = stats.reshape(len(predictions), -1)
+    # corpus_score() would extract the statistics a second time; its score is this same sum.
+    corpus = metric._compute_score_from_stats(list(stats.sum(axis=0)))
+    return stats, float(corpus.score), str(metric.get_signature())
 
 
 def bleu(predictions: list[str], references: list[list[str]], *, tokenize: str = "13a",
