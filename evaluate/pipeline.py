@@ -47,11 +47,8 @@ class RunOutcome:
 
 
 async def _resolve_models(suite: Suite, runner: Runner) -> dict[str, str]:
-    """target → name sent as `model`; `base` is the suite's base_model or what /v1/models lists."""
-    models = {t: t for t in suite.targets}
-    if BASE in models:
-        models[BASE] = suite.base_model or await runner.resolve_base()
-    return models
+    """target → name sent as `model` (base resolved, gateway aliases pinned to their version)."""
+    return await runner.resolve_targets(suite.targets, base=BASE, base_model=suite.base_model)
 
 
 async def generate_all(suite: Suite, samples: list[Sample], runner: Runner, models: dict[str, str],

@@ -77,9 +77,34 @@ class Runner:
             resp = await self._request(client, "GET", "/v1/models", None)
         return list(resp.json().get("data", []))
 
+    async def resolve_targets(self, targets: list[str], *, base: str, base_model: str | None) -> dict[str, str]:
+        """target → the name to send. `base` becomes the endpoint's base model; an alias ref that the
+        lorafleet gateway lists with its version (`support-intents@latest` → v3) is pinned to
+        `name@vN`, so every sample hits one version and cached answers never outlive an alias move."""
+        try:
+            listed = await self.list_models()
+        except EndpointError:
+            if base in targets and base_model is None:
+                raise
+            listed = []
+        ids = {m.get("id") for m in listed}
+        models = {}
+        for target in targets:
+            if target == base:
+                models[target] = base_model or self._base_of(listed)
+                continue
+            entry = next((m for m in listed if m.get("id") == target), {})
+            info = entry.get("lorafleet") or {}
+            pinned = f"{info.get('adapter')}@{info.get('version')}"
+            use_pin = info.get("kind") == "adapter" and info.get("version") and pinned in ids
+            models[target] = pinned if use_pin else target
+        return models
+
     async def resolve_base(self) -> str:
         """The base model's name: the listed model that is nobody's adapter."""
-        models = await self.list_models()
+        return self._base_of(await self.list_models())
+
+    def _base_of(self, models: list[dict[str, Any]]) -> str:
         bases = [m["id"] for m in models if not m.get("parent") and "@" not in m["id"]]
         if not bases:
             raise EndpointError(f"{self.endpoint}/v1/models lists no base model",

@@ -33,6 +33,7 @@ class FakeState:
     answers: dict[str, dict[str, str]] = field(default_factory=dict)
     default: Callable[[str, str], str] = _echo
     served: dict[str, str] = field(default_factory=dict)
+    pins: dict[str, str] = field(default_factory=dict)  # alias ref → version, listed like lorafleet's gateway
     fail_next: list[int] = field(default_factory=list)
     fail_from: int | None = None  # every chat request from this index on answers 503
     api_key: str | None = None
@@ -61,6 +62,10 @@ def create_app(state: FakeState) -> FastAPI:
             return _error(401, "bad key")
         data = [{"id": state.base, "object": "model", "root": f"/models/{state.base}", "parent": None}]
         data += [{"id": a, "object": "model", "root": a, "parent": state.base} for a in state.adapters]
+        for entry in data:
+            if entry["id"] in state.pins:
+                name = entry["id"].split("@")[0]
+                entry["lorafleet"] = {"kind": "adapter", "adapter": name, "version": state.pins[entry["id"]]}
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")

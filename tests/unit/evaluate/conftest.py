@@ -27,7 +27,7 @@ def fake(fake_server: RunningServer) -> RunningServer:
     st.base, st.adapters, st.answers, st.default = fresh.base, ["intents@v2", "intents@v3"], {}, fresh.default
     st.served, st.fail_next, st.fail_from, st.api_key = {"intents@latest": "intents@v3"}, [], None, None
     st.adapters.append("intents@latest")
-    st.delay_s, st.max_in_flight, st.token_logprob = 0.0, 0, None
+    st.delay_s, st.max_in_flight, st.token_logprob, st.pins = 0.0, 0, None, {}
     st.requests.clear()
     return fake_server
 

@@ -46,6 +46,28 @@ def test_resolves_base_from_the_model_list(fake: RunningServer) -> None:
     assert asyncio.run(Runner(fake.url + "/v1").resolve_base()) == "fake-base"
 
 
+def test_gateway_aliases_are_pinned_and_cache_follows_an_alias_move(fake: RunningServer, tmp_path: Path) -> None:
+    fake.state.adapters.append("intents@v4")
+    fake.state.pins = {"intents@latest": "v3"}
+    runner = Runner(fake.url, cache=ResponseCache(tmp_path / "c.sqlite"))
+    models = asyncio.run(runner.resolve_targets(["base", "intents@latest", "intents@v2"], base="base",
+                                                base_model=None))
+    assert models == {"base": "fake-base", "intents@latest": "intents@v3", "intents@v2": "intents@v2"}
+    first = asyncio.run(runner.generate(models["intents@latest"], samples(2), PARAMS))
+    assert first["s0"].output.startswith("intents@v3")
+    fake.state.pins = {"intents@latest": "v4"}  # `latest` moved: nothing cached may answer for it
+    models = asyncio.run(runner.resolve_targets(["intents@latest"], base="base", base_model=None))
+    moved = asyncio.run(runner.generate(models["intents@latest"], samples(2), PARAMS))
+    assert moved["s0"].output.startswith("intents@v4") and not moved["s0"].cached
+    assert [r["model"] for r in fake.state.requests] == ["intents@v3"] * 2 + ["intents@v4"] * 2
+
+
+def test_a_pin_to_an_unlisted_version_is_ignored(fake: RunningServer) -> None:
+    fake.state.pins = {"intents@latest": "v9"}
+    models = asyncio.run(Runner(fake.url).resolve_targets(["intents@latest"], base="base", base_model=None))
+    assert models == {"intents@latest": "intents@latest"}
+
+
 def test_retries_429_and_5xx_then_succeeds(fake: RunningServer) -> None:
     fake.state.fail_next = [429, 503, 500]
     out = asyncio.run(Runner(fake.url, concurrency=1, backoff_s=0.01).generate("fake-base", samples(2), PARAMS))
