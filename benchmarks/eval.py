@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,22 +87,35 @@ async def harness(url: str, items: list[Sample], concurrency: int, cache_dir: Pa
     return len(items) / elapsed
 
 
-def bench_generation(n: int, concurrency: int, rounds: int = 3) -> None:
+def bench_generation(n: int, concurrency: int, rounds: int = 5) -> None:
     proc, url = start_server()
+    ratios, bare_rates, harness_rates = [], [], []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             asyncio.run(bare(url, samples(50, "warm"), concurrency))
-            best_bare = best_harness = 0.0
-            for r in range(rounds):  # alternate, keep each side's best: this machine is noisy
-                best_bare = max(best_bare, asyncio.run(bare(url, samples(n, f"b{r}"), concurrency)))
-                best_harness = max(best_harness, asyncio.run(harness(url, samples(n, f"h{r}"), concurrency,
-                                                                     Path(tmp))))
+            for r in range(rounds):  # pairs in alternating order: this machine is noisy
+                def run_bare(r: int = r) -> float:
+                    return asyncio.run(bare(url, samples(n, f"b{r}"), concurrency))
+
+                def run_harness(r: int = r) -> float:
+                    return asyncio.run(harness(url, samples(n, f"h{r}"), concurrency, Path(tmp)))
+
+                if r % 2:
+                    h, b = run_harness(), run_bare()
+                else:
+                    b, h = run_bare(), run_harness()
+                bare_rates.append(b)
+                harness_rates.append(h)
+                ratios.append(h / b)
     finally:
         proc.terminate()
         proc.wait(10)
-    print(f"generation, {n} requests x {rounds} rounds, concurrency {concurrency} (best round):")
-    print(f"  bare AsyncOpenAI   {best_bare:8.1f} req/s")
-    print(f"  lorafleet Runner   {best_harness:8.1f} req/s   (cache on, fresh)   ratio {best_harness / best_bare:.2f}x")
+    print(f"generation, {n} requests per side x {rounds} paired rounds, concurrency {concurrency}:")
+    print(f"  bare AsyncOpenAI   median {statistics.median(bare_rates):8.1f} req/s   best {max(bare_rates):8.1f}")
+    print(f"  lorafleet Runner   median {statistics.median(harness_rates):8.1f} req/s   best {max(harness_rates):8.1f}"
+          "   (cache on, fresh)")
+    per_round = " ".join(f"{x:.2f}" for x in ratios)
+    print(f"  Runner / bare, per round: {per_round}   median {statistics.median(ratios):.2f}x")
 
 
 def bench_scoring(n: int, resamples: int = 1000) -> None:
