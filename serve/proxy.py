@@ -55,6 +55,7 @@ class Call:
     capture: bool
     status: int = 200
     upstream: HttpUpstream | None = None  # set once one is picked; released in _done
+    finished: bool = False
 
 
 class Proxy:
@@ -139,6 +140,9 @@ class Proxy:
         return upstream
 
     def _done(self, call: Call) -> None:
+        if call.finished:  # a stream may end through its generator or its response, once
+            return
+        call.finished = True
         self.in_flight -= 1
         self.metrics.in_flight.labels(call.target.adapter).dec()
         upstream = call.upstream
@@ -225,8 +229,12 @@ class Proxy:
             await resp.aclose()
             call.status = resp.status_code
             return Response(content, status_code=resp.status_code, media_type="application/json")
-        return StreamingResponse(self._relay(call, upstream, resp, injected), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        async def cleanup() -> None:
+            await resp.aclose()
+            self._done(call)
+
+        return _Relay(self._relay(call, upstream, resp, injected), cleanup=cleanup,
+                      media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def _relay(self, call: Call, upstream: HttpUpstream, resp: httpx.Response,
                      injected: bool) -> AsyncIterator[bytes]:
@@ -279,6 +287,22 @@ class Proxy:
                         choice.get("delta") or {}).get("content")
                     texts.append(piece or "")
         return not (injected and usage and not data.get("choices"))
+
+
+class _Relay(StreamingResponse):
+    """A StreamingResponse that always releases its upstream response, even when the client left
+    before the body started (then the generator never runs, nor its `finally`)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, cleanup: Callable[[], Awaitable[None]],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._cleanup()
 
 
 async def _unless_disconnected(work: Awaitable[Response], disconnected: Callable[[], Awaitable[None]]) -> Response:

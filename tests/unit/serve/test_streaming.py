@@ -11,6 +11,7 @@ import openai
 import pytest
 from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import _unless_disconnected
+from starlette.requests import ClientDisconnect
 
 from tests.fakes.openai_upstream import FakeUpstream, dying_upstream
 from tests.unit.serve.conftest import BASE, gateway_on_loopback
@@ -129,3 +130,26 @@ async def test_client_disconnect_cancels_the_upstream_call() -> None:
     assert info.value.status == 499
     await asyncio.sleep(0)
     assert cancelled.is_set()
+
+
+async def test_stream_released_even_if_the_body_never_starts() -> None:
+    from lorafleet.serve.proxy import _Relay
+
+    cleaned = []
+
+    async def body():
+        yield b"data: x\n\n"
+
+    async def cleanup() -> None:
+        cleaned.append(True)
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(_message):
+        raise OSError("client gone")
+
+    relay = _Relay(body(), cleanup=cleanup, media_type="text/event-stream")
+    with pytest.raises(ClientDisconnect):
+        await relay({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    assert cleaned == [True]
