@@ -12,6 +12,8 @@ from lorafleet.human_review.errors import NotFound, ReviewError
 from lorafleet.human_review.models import Queue, User
 from lorafleet.human_review.rubrics import Rubric
 from lorafleet.human_review.schemas import GradeIn
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from lorafleet.samples import ReviewItem
 
@@ -68,7 +70,11 @@ def grade_page(request: Request, name: str, public_id: str, session: SessionDep,
 
 @router.post("/q/{name}/items/{public_id}/grade", dependencies=[Csrf])
 async def submit_grade(request: Request, name: str, public_id: str, session: SessionDep, user: CurrentUser) -> Response:
-    form = await request.form()
+    form = await request.form()  # async only to read the form (criteria names vary); DB work below runs in a thread
+    return await run_in_threadpool(_submit_form, session, user, name, public_id, dict(form))
+
+
+def _submit_form(session, user: User, name: str, public_id: str, form: dict) -> Response:  # noqa: ANN001
     queue = _queue_for(session, user, name)
     item = leases.get_item(session, queue=queue, public_id=public_id)
     rubric = Rubric.model_validate(queue.rubric)
@@ -76,7 +82,7 @@ async def submit_grade(request: Request, name: str, public_id: str, session: Ses
         scores = {c.name: int(form[f"score_{c.name}"]) for c in rubric.criteria if form.get(f"score_{c.name}")}
         grade = GradeIn(scores=scores, choice=form.get("choice") or None, comment=form.get("comment") or None,
                         correction=form.get("correction") or None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ValidationError) as exc:
         raise ReviewError("the form does not fit this queue's rubric", hint="grade every criterion") from exc
     leases.submit(session, queue=queue, item=item, reviewer_id=user.id, grade=grade)
     return RedirectResponse(f"/q/{queue.name}/next", status_code=303)

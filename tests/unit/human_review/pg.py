@@ -72,7 +72,7 @@ class PgServer:
         if self.pid is not None:
             pidfile = self.dir / "data" / "postmaster.pid"
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGINT)  # "fast" shutdown: ends sessions, then exits
+                os.kill(self.pid, signal.SIGQUIT)  # immediate shutdown: the data is thrown away anyway
             # The postmaster removes its pid file on exit (the pid may linger as an unreaped zombie).
             for _ in range(300):
                 if not pidfile.exists():

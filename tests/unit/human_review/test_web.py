@@ -128,3 +128,32 @@ def test_the_open_page_renews_its_lease_with_the_csrf_header(client, factory) ->
     page = client.get("/q/q/next")
     assert client.post(page.url.path + "/renew").status_code == 403
     assert client.post(page.url.path + "/renew", headers={"X-CSRF-Token": csrf}).json() == {"ok": True}
+
+
+def test_admin_page_shows_progress_agreement_and_adjudication(client, factory) -> None:  # noqa: ANN001
+    add_user(factory, "boss", role="admin")
+    add_user(factory, "ann")
+    add_queue(factory, "q", overlap=2, members=["ann"])
+    ingest(client, "q", [{"id": "<b>odd-id</b>", "prompt": "p", "response": "r"}])
+    for name, level in (("ann", "1"), ("boss", "5")):
+        client.cookies.clear()
+        csrf = login(client, name)
+        page = client.get("/q/q/next")
+        client.post(page.url.path + "/grade", data={**FORM, "score_accuracy": level, "csrf_token": csrf})
+    html = client.get("/admin/q/q").text
+    assert "2/2 grades" in html and "Krippendorff" in html and "To adjudicate" in html
+    assert "accuracy ±4" in html and "&lt;b&gt;odd-id&lt;/b&gt;" in html  # item ids are escaped too
+
+
+def test_a_form_that_does_not_fit_the_rubric_is_a_400_not_a_crash(client, factory) -> None:  # noqa: ANN001
+    add_user(factory, "ann")
+    add_queue(factory, "pq", pairwise=True, members=["ann"])
+    add_queue(factory, "q", members=["ann"])
+    ingest(client, "pq", items(1, pairwise=True))
+    ingest(client, "q", items(1))
+    csrf = login(client, "ann")
+    page = client.get("/q/pq/next")
+    assert client.post(page.url.path + "/grade", data={"choice": "Z", "csrf_token": csrf}).status_code == 400
+    page = client.get("/q/q/next")
+    r = client.post(page.url.path + "/grade", data={**FORM, "score_safety": "five", "csrf_token": csrf})
+    assert r.status_code == 400 and "Traceback" not in r.text
