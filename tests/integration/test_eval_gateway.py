@@ -33,7 +33,7 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_eval_base_vs_adapter_through_the_gateway(gateway, tmp_path: Path, capsys) -> None:
     rows = [{"id": f"p{i}", "messages": [{"role": "user", "content": p},
                                          {"role": "assistant", "content": TASKS["pirate"]}]}
-            for i, p in enumerate(PROMPTS[:3])]
+            for i, p in enumerate(PROMPTS[:2])]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     suite = tmp_path / "suite.yaml"
     suite.write_text(SUITE.format(delta=0.3))
