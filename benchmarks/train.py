@@ -24,11 +24,10 @@ MODES = ("full", "lora", "qlora")
 
 def worker(mode: str, base: Path, steps: int, batch: int) -> dict:
     import torch
-    from peft import get_peft_model
-
     from lorafleet.train.config import TrainConfig
     from lorafleet.train.dataset import prepare
     from lorafleet.train.model import load_base, load_tokenizer, lora_config
+    from peft import get_peft_model
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(base)
@@ -90,7 +89,8 @@ def main() -> None:
     print(f"base {args.base.name}, {args.steps} steps × batch {args.batch}, data {DATA.relative_to(REPO)}")
     print(f"{'mode':6} {'trainable':>12} {'peak RSS MB':>12} {'× full':>7} {'tok/s':>8} {'× full':>7} {'cpu s':>7}")
     for mode, r in results.items():
-        print(f"{mode:6} {r['trainable_params']:>12,} {r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] / full['peak_rss_mb']:>7.2f} "
+        mem_ratio = r['peak_rss_mb'] / full['peak_rss_mb']
+        print(f"{mode:6} {r['trainable_params']:>12,} {r['peak_rss_mb']:>12.0f} {mem_ratio:>7.2f} "
               f"{r['tokens_per_s']:>8.1f} {r['tokens_per_s'] / full['tokens_per_s']:>7.2f} {r['cpu_s']:>7.1f}")
 
 

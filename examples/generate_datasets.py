@@ -14,8 +14,9 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from lorafleet.fsutil import atomic_write_jsonl
 from lorafleet.train.data.split import assign
+
+from lorafleet.fsutil import atomic_write_jsonl
 
 SEED = 20261127
 RATIOS = (0.7, 0.1, 0.2)

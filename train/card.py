@@ -6,10 +6,11 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any
 
+from lorafleet.train.config import TrainConfig
+
 from lorafleet.base_model import BaseInfo
 from lorafleet.card import AdapterCard, BaseModelRef, DatasetFile, LoraInfo
 from lorafleet.fsutil import sha256_file
-from lorafleet.train.config import TrainConfig
 
 LIBRARIES = ("lorafleet", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
              "mlflow-skinny")
@@ -60,7 +61,7 @@ def build_card(config: TrainConfig, base: BaseInfo, result: Any, progress: Any, 
             "val_loss": curve_summary(progress.val_curve),
             "final_val_loss": result.val_loss, "base_val_loss": result.base_val_loss,
             "best_step": result.best_step, "wall_time_s": result.wall_time_s,
-            "peak_rss_mb": result.peak_rss_mb, "tokens_per_s": result.tokens_per_s,
+            "peak_rss_mb": result.peak_rss_mb, "cpu_time_s": result.cpu_time_s, "tokens_per_s": result.tokens_per_s,
             "samples": [s.model_dump() for s in result.samples],
         },
         library_versions=library_versions(),

@@ -59,7 +59,8 @@ class TrainConfig(BaseModel):
     @classmethod
     def _rank(cls, value: int) -> int:
         if value not in SERVABLE_RANKS:
-            raise ValueError(f"rank {value} cannot be served by vLLM here; use one of {', '.join(map(str, SERVABLE_RANKS))}")
+            allowed = ", ".join(map(str, SERVABLE_RANKS))
+            raise ValueError(f"rank {value} cannot be served by vLLM here; use one of {allowed}")
         return value
 
     @field_validator("target_modules")

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorafleet.train.data.text import normalise_label, prompt_text, record_label
+
 from lorafleet.errors import ConfigError, FormatError
 from lorafleet.formats import ChatRecord, LineRecord, Message, read_records, to_chat
-from lorafleet.train.data.text import normalise_label, prompt_text, record_label
 
 DATA_FIX_HINT = "run `lorafleet data check` to see every problem and `lorafleet data fix` for the mechanical ones"
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from lorafleet.train.dataset import Example
+from pydantic import BaseModel
 
 
 class Sample(BaseModel):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lorafleet.train.config import TrainConfig
+
 from lorafleet.base_model import BaseInfo, inspect_base
 from lorafleet.errors import BaseModelError
-from lorafleet.train.config import TrainConfig
 
 
 def check_base(base: Path) -> BaseInfo:

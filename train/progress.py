@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from lorafleet.train.tracking import Tracker
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
-
-from lorafleet.train.tracking import Tracker
 
 
 class ProgressAndTracking(TrainerCallback):

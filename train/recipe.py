@@ -19,14 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-from rich.console import Console
-
-from lorafleet.base_model import inspect_base
-from lorafleet.config import Settings
-from lorafleet.errors import ConfigError
-from lorafleet.fsutil import atomic_write_json
-from lorafleet.registry import Registry
 from lorafleet.train import dataset
 from lorafleet.train.card import build_card
 from lorafleet.train.config import TrainConfig
@@ -34,6 +26,14 @@ from lorafleet.train.efficacy import Sample, base_val_loss, side_by_side
 from lorafleet.train.model import check_base, load_base, load_tokenizer, lora_config
 from lorafleet.train.servable import check_saved_adapter, check_targets, module_names
 from lorafleet.train.tracking import Tracker
+from pydantic import BaseModel
+from rich.console import Console
+
+from lorafleet.base_model import inspect_base
+from lorafleet.config import Settings
+from lorafleet.errors import ConfigError, RegistryError
+from lorafleet.fsutil import atomic_write_json
+from lorafleet.registry import Registry
 
 
 class TrainResult(BaseModel):
@@ -53,6 +53,7 @@ class TrainResult(BaseModel):
     dropped_overlong: int
     wall_time_s: float
     peak_rss_mb: float
+    cpu_time_s: float
     tokens_per_s: float
     mlflow_run_id: str | None
     samples: list[Sample]
@@ -98,6 +99,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
             train_loss_last=progress.train_curve[-1][1] if progress.train_curve else None,
             val_loss=val_loss, base_val_loss=base_loss, examples=len(train_ex), dropped_overlong=len(dropped),
             wall_time_s=round(time.perf_counter() - started, 1), peak_rss_mb=peak_rss_mb(),
+            cpu_time_s=cpu_time_s(),
             tokens_per_s=round(progress.tokens_per_s, 1), mlflow_run_id=tracker.run_id, samples=samples,
         )
         for key in ("val_loss", "base_val_loss", "wall_time_s", "peak_rss_mb", "tokens_per_s"):
@@ -106,15 +108,26 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
         atomic_write_json(run_dir / "result.json", result)
         tracker.artifacts(adapter_dir, "adapter")
         if config.register_version:
-            card = build_card(config, inspect_base(base), result, progress, len(val_ex), dropped)
-            resolved = Registry(settings.registry_dir).register(config.name, adapter_dir, card,
-                                                                fail_before_rename=fail_before_rename)
-            result = result.model_copy(update={"version": resolved.version, "registry_path": str(resolved.path)})
+            result = register(config, settings, inspect_base(base), result, progress, len(val_ex), dropped,
+                              fail_before_rename)
         tracker.end()
         return result
     except BaseException:
         tracker.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
         raise
+
+
+def register(config: TrainConfig, settings: Settings, base: Any, result: TrainResult, progress: Any, n_val: int,
+             dropped: list[str], fail_before_rename: Callable[[], None] | None) -> TrainResult:
+    """A new immutable version, or nothing at all: a failed save (disk full, kill) leaves no version."""
+    card = build_card(config, base, result, progress, n_val, dropped)
+    try:
+        resolved = Registry(settings.registry_dir).register(config.name, Path(result.adapter_dir), card,
+                                                            fail_before_rename=fail_before_rename)
+    except OSError as exc:
+        raise RegistryError(f"could not register {config.name!r}: {exc.strerror or exc} (nothing was registered)",
+                            hint="free disk space, then rerun with --resume to skip the finished training") from None
+    return result.model_copy(update={"version": resolved.version, "registry_path": str(resolved.path)})
 
 
 def load_examples(config: TrainConfig, tokenizer: Any) -> tuple[list[Any], list[Any], list[str]]:
@@ -151,11 +164,10 @@ def start_run_dir(run_dir: Path, config: TrainConfig) -> str | None:
 def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: list[Any], val_ex: list[Any],
                   run_dir: Path, tracker: Tracker, console: Console, show_progress: bool) -> tuple[Any, Any]:
     from datasets import Dataset
-    from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTConfig
-
     from lorafleet.train.progress import ProgressAndTracking
     from lorafleet.train.trainer import LeanSFTTrainer
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTConfig
 
     has_val = bool(val_ex)
     args = SFTConfig(
@@ -167,7 +179,8 @@ def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: lis
         eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.eval_steps, save_total_limit=2,
         load_best_model_at_end=has_val, metric_for_best_model="eval_loss", greater_is_better=False,
         report_to="none", disable_tqdm=True, max_length=config.max_length, truncation_mode="keep_start",
-        completion_only_loss=True, packing=False, prediction_loss_only=True, dataloader_num_workers=0, bf16=False, fp16=False,
+        completion_only_loss=True, packing=False, prediction_loss_only=True, dataloader_num_workers=0,
+        bf16=False, fp16=False,
     )
     progress = ProgressAndTracking(tracker, console=console, show=show_progress)
     callbacks = [progress] + ([EarlyStoppingCallback(early_stopping_patience=config.patience)] if has_val else [])
@@ -186,10 +199,16 @@ def save_adapter(model: Any, run_dir: Path) -> Path:
     """save_pretrained into a temp folder, then rename: never a half-written adapter folder."""
     final = run_dir / "adapter"
     tmp = run_dir / f".adapter-{uuid.uuid4().hex[:8]}"
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except OSError as exc:
+        raise RegistryError(f"could not save the adapter under {run_dir}: {exc.strerror or exc}",
+                            hint="free disk space, then rerun with --resume") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -206,3 +225,9 @@ def best_step(state: Any) -> int | None:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def cpu_time_s() -> float:
+    """CPU seconds of this process (all threads): a load-independent cost figure on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 1)

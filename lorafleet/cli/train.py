@@ -29,14 +29,16 @@ def train(
     qlora: Annotated[bool | None, typer.Option("--qlora/--no-qlora", help="4-bit nf4 base (bitsandbytes).")] = None,
     rank: Annotated[int | None, typer.Option(help="LoRA rank: 8 or 16 (what vLLM serves here).")] = None,
     alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 2 × rank).")] = None,
-    target_modules: Annotated[str | None, typer.Option(help="Comma-separated, e.g. q_proj,k_proj,v_proj,o_proj.")] = None,
+    target_modules: Annotated[str | None, typer.Option(
+        help="Comma-separated, e.g. q_proj,k_proj,v_proj,o_proj.")] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the training data.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after N optimiser steps (overrides --epochs).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens per example.")] = None,
     on_overlong: Annotated[str | None, typer.Option(help="drop | truncate | error for longer examples.")] = None,
-    allow_leakage: Annotated[bool | None, typer.Option("--allow-leakage", help="Train although val rows are in train.")] = None,
+    allow_leakage: Annotated[bool | None, typer.Option(
+        "--allow-leakage", help="Train although val rows are in train.")] = None,
     eval_steps: Annotated[int | None, typer.Option(help="Validate and checkpoint every N steps.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience (evaluations).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from lorafleet.train.config import TrainConfig
+from lorafleet.train.recipe import train
 
 from lorafleet.adapter_files import inspect_peft_dir, servability_problems
 from lorafleet.config import Settings
 from lorafleet.registry import Registry
-from lorafleet.train.config import TrainConfig
-from lorafleet.train.recipe import train
 
 pytestmark = pytest.mark.integration
 ANSWER = "[Intent: shipping] I am checking the delivery status with the carrier."

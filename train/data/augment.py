@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from lorafleet.train.data.checks import split_of
 
 from lorafleet.errors import ConfigError, LorafleetError
 from lorafleet.formats import read_records, record_to_json, to_chat
 from lorafleet.fsutil import atomic_write_jsonl
-from lorafleet.train.data.checks import split_of
 
 PROMPT = ("Rewrite the following customer message with different wording but the same meaning and facts. "
           "Reply with the rewritten message only.\n\n{text}")

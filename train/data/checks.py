@@ -12,14 +12,14 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-
-from lorafleet.errors import FormatError, LorafleetError
-from lorafleet.formats import LineRecord, metadata, read_records_lenient, to_chat
 from lorafleet.train.data.neardup import near_duplicate_pairs
 from lorafleet.train.data.pii import find_pii
 from lorafleet.train.data.text import content_hash, normalise, normalise_label, prompt_text, record_label, record_text
 from lorafleet.train.dataset import check_roles
+from pydantic import BaseModel, Field
+
+from lorafleet.errors import FormatError, LorafleetError
+from lorafleet.formats import LineRecord, metadata, read_records_lenient, to_chat
 
 Severity = Literal["error", "warning"]
 SPLIT_WORDS = ("train", "val", "valid", "validation", "dev", "test")
@@ -137,7 +137,8 @@ def duplicate_issues(rows: list[LineRecord], threshold: float) -> list[Issue]:
         where = f"{r.path}:{r.line}"
         if h in first:
             exact.add(i)
-            out.append(Issue(severity="warning", code="duplicate", where=where, message=f"exact duplicate of {first[h]}"))
+            out.append(Issue(severity="warning", code="duplicate", where=where,
+                             message=f"exact duplicate of {first[h]}"))
         else:
             first[h] = where
     texts = [record_text(r.record) for r in rows]

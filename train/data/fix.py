@@ -11,13 +11,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from lorafleet.train.data.text import INTENT_RE, content_hash, normalise_label, record_label
+from lorafleet.train.dataset import check_roles
 from pydantic import BaseModel
 
 from lorafleet.errors import ConfigError, FormatError
 from lorafleet.formats import read_records_lenient, to_chat
 from lorafleet.fsutil import atomic_write_json, atomic_write_jsonl
-from lorafleet.train.data.text import INTENT_RE, content_hash, normalise_label, record_label
-from lorafleet.train.dataset import check_roles
 
 
 class Change(BaseModel):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from datasketch import MinHash, MinHashLSH
-
 from lorafleet.train.data.text import normalise
 
 NUM_PERM = 128

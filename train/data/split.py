@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from lorafleet.train.data.neardup import groups, near_duplicate_pairs
+from lorafleet.train.data.text import content_hash, record_text
 from pydantic import BaseModel
 
 from lorafleet.errors import ConfigError
 from lorafleet.formats import LineRecord, read_records
 from lorafleet.fsutil import atomic_write_jsonl
-from lorafleet.train.data.neardup import groups, near_duplicate_pairs
-from lorafleet.train.data.text import content_hash, record_text
 
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from lorafleet.train.config import load_config
+
 from tests.unit.train.helpers import REPO
 
 CONFIGS = sorted((REPO / "examples" / "train").glob("*.yaml"))

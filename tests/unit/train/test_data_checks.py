@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lorafleet.train.data.checks import check_files
 from lorafleet.train.data.pii import find_pii, iban_ok, luhn_ok
+
 from tests.unit.train.helpers import EXAMPLES, intent, run_cli, write_jsonl
 
 DIRTY = EXAMPLES / "support-intents-dirty" / "train.jsonl"

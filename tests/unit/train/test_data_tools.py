@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from lorafleet.train.data.augment import augment_file
+from lorafleet.train.data.split import parse_ratios, split_file
 
 from lorafleet.errors import ConfigError
 from lorafleet.formats import read_records
-from lorafleet.train.data.augment import augment_file
-from lorafleet.train.data.split import parse_ratios, split_file
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.unit.train.helpers import EXAMPLES, chat, run_cli, write_jsonl
 
@@ -64,7 +64,8 @@ def test_convert_between_formats_keeps_labels(capsys, tmp_path: Path) -> None:
                          "--to", "prompt_completion")
     rows = [json.loads(line) for line in back.read_text().splitlines()]
     orig = [json.loads(line) for line in src.read_text().splitlines()]
-    assert len(rows) == len(orig) and rows[0]["completion"] == orig[0]["output"] and rows[0]["label"] == orig[0]["label"]
+    assert len(rows) == len(orig) and rows[0]["completion"] == orig[0]["output"]
+    assert rows[0]["label"] == orig[0]["label"]
     code, _, err = run_cli(capsys, "data", "convert", str(src), "--out", str(back), "--to", "sharegpt")
     assert code == 2 and "--to" in err
 

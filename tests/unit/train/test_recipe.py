@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+from lorafleet.train.config import TrainConfig
+from lorafleet.train.recipe import build_trainer, train
+from lorafleet.train.tracking import Tracker
 
 from lorafleet.adapter_files import inspect_peft_dir, servability_problems
 from lorafleet.config import Settings
 from lorafleet.errors import RegistryError
 from lorafleet.fsutil import sha256_file
 from lorafleet.registry import Registry
-from lorafleet.train.config import TrainConfig
-from lorafleet.train.recipe import build_trainer, train
-from lorafleet.train.tracking import Tracker
 from tests.unit.train.helpers import intent, run_cli, write_jsonl
 
 ANSWER = "[Intent: shipping] I am checking the delivery status."
@@ -31,11 +31,10 @@ def data(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_prompt_tokens_carry_label_minus_100(tiny_model: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
-    from peft import get_peft_model
-    from rich.console import Console
-
     from lorafleet.train.dataset import prepare
     from lorafleet.train.model import load_base, load_tokenizer, lora_config
+    from peft import get_peft_model
+    from rich.console import Console
 
     config = TrainConfig(name="mask", train=data[0], rank=8, base=tiny_model)
     tokenizer = load_tokenizer(tiny_model)
