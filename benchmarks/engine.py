@@ -7,7 +7,13 @@ transformers + PEFT batched `generate` (mixed batches via `adapter_names=`). Als
 isolation on each engine: a base request inside a burst that fills every adapter slot must
 answer exactly as alone.
 
-    .venv/bin/python -m benchmarks.engine            # ~6 min on 2 cores; prints a markdown table
+    .venv/bin/python -m benchmarks.engine            # ~6 min on 2 quiet cores; prints markdown tables
+    .venv/bin/python -m benchmarks.engine --ops-only # seconds: LoRA op cost per forward pass only
+
+The op-level part times the LoRA work of one forward pass of SmolLM2-135M (30 layers; qkv, o,
+gate_up, down with r16 adapters on 4 slots) in-process through vLLM's `PunicaWrapperCPU` and
+lorafleet's `GroupedPunicaWrapperCPU`, alternating the two and keeping the best of several
+rounds, so it stays meaningful on a machine shared with other work.
 """
 
 from __future__ import annotations
@@ -106,7 +112,7 @@ def run_hf(base: Path, adapters: list[Path], args: Args) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, adapters[0], adapter_name=ADAPTERS[0])
     for name, folder in zip(ADAPTERS[1:], adapters[1:], strict=True):
         model.load_adapter(folder, adapter_name=name)
@@ -123,6 +129,54 @@ def run_hf(base: Path, adapters: list[Path], args: Args) -> dict[str, float]:
                            do_sample=False, pad_token_id=tokenizer.pad_token_id)
         results[label] = len(texts) * args.tokens / (time.perf_counter() - start)
     return results
+
+
+# ---- op level: LoRA cost of one forward pass, in process ------------------------------------
+
+SMOLLM2_LORA_LAYERS = 30 * [(576, (576, 192, 192)), (576, (576,)), (576, (1536, 1536)), (1536, (576,))]
+
+
+def op_microbench(rounds: int = 3) -> dict[str, dict[str, float]]:
+    """ms of LoRA work per forward pass: stock vs grouped wrapper, decode and prefill batches."""
+    import torch
+    from lorafleet.serve.lora_plugin.wrapper import GroupedPunicaWrapperCPU
+    from vllm.lora.layers.utils import LoRAMapping
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    torch.set_num_threads(1)  # what vLLM's CPU worker gets on this 2-core machine
+    gen = torch.Generator().manual_seed(0)
+    layers = [(inner, outs, tuple(torch.randn(4, 1, 16, inner, generator=gen).bfloat16() for _ in outs),
+               tuple(torch.randn(4, 1, out, 16, generator=gen).bfloat16() for out in outs))
+              for inner, outs in SMOLLM2_LORA_LAYERS]
+    batches = {  # token -> LoRA id (0 = base), as vLLM maps a batch
+        "decode 32, one adapter": [1] * 32,
+        "decode 32, 4 mixed": [1 + i % 4 for i in range(32)],
+        "decode 32, 4 mixed + 8 base": [0 if i % 4 == 3 else 1 + i % 4 for i in range(40)],
+        "prefill 4x32, 4 mixed": [1 + (i // 32) % 4 for i in range(128)],
+    }
+    out: dict[str, dict[str, float]] = {}
+    for label, ids in batches.items():
+        xs = {576: torch.randn(len(ids), 576).bfloat16(), 1536: torch.randn(len(ids), 1536).bfloat16()}
+        best = {"stock": float("inf"), "grouped": float("inf")}
+        for _ in range(rounds):
+            for name, cls in (("stock", PunicaWrapperCPU), ("grouped", GroupedPunicaWrapperCPU)):
+                wrapper = cls(max_num_batched_tokens=4096, max_batches=256, device="cpu")
+                start = time.perf_counter()
+                wrapper.update_metadata(LoRAMapping(ids, ids, is_prefill=True), [1, 2, 3, 4], 4, 49152)
+                for inner, outs, a, b in layers:
+                    y = torch.zeros(len(ids), sum(outs), dtype=torch.bfloat16)
+                    wrapper.add_lora_linear(y, xs[inner], a, b, 1.0, outs)
+                best[name] = min(best[name], (time.perf_counter() - start) * 1000)
+        out[label] = best
+        print(f"  {label}: stock {best['stock']:.1f} ms, grouped {best['grouped']:.1f} ms", flush=True)
+    return out
+
+
+def op_table(ops: dict[str, dict[str, float]]) -> str:
+    lines = ["| batch (tokens) | stock ops, ms | grouped ops, ms | speed-up |", "|---|---:|---:|---:|"]
+    for label, ms in ops.items():
+        lines.append(f"| {label} | {ms['stock']:.1f} | {ms['grouped']:.1f} | {ms['stock'] / ms['grouped']:.1f}x |")
+    return "\n".join(lines)
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -145,8 +199,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent chats (at most 32 prompts)")
     parser.add_argument("--tokens", type=int, default=64, help="generated tokens per chat (ignore_eos)")
     parser.add_argument("--out", type=Path, default=None, help="also write the raw numbers as JSON here")
+    parser.add_argument("--ops-only", action="store_true", help="only the in-process op-level timing")
     ns = parser.parse_args()
     args = Args(concurrency=min(ns.concurrency, len(PROMPTS)), tokens=ns.tokens, out=ns.out)
+    print("LoRA ops, one forward pass ...", flush=True)
+    ops = op_microbench()
+    print("\n" + op_table(ops) + "\n")
+    if ns.ops_only:
+        return
     base = embedded_base_dir()
     adapters = adapter_dirs(base)
     log_dir = CACHE / "bench-logs"
@@ -162,7 +222,7 @@ def main() -> None:
     print(f"\ntok/s, {args.concurrency} concurrent chats x {args.tokens} tokens (ignore_eos), greedy\n")
     print(table(results, isolation))
     if args.out:
-        args.out.write_text(json.dumps({"results": results, "isolation": isolation}, indent=2))
+        args.out.write_text(json.dumps({"ops_ms": ops, "results": results, "isolation": isolation}, indent=2))
 
 
 if __name__ == "__main__":
