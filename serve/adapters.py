@@ -33,7 +33,7 @@ class HotSet:
         self.probe_enabled = probe
         self.loaded: collections.OrderedDict[str, Path] = collections.OrderedDict()
         self.pins: set[str] = set()
-        self.in_use: collections.Counter[str] = collections.Counter()
+        self.in_use: collections.Counter[str] = upstream.adapter_in_flight  # shared: the pool reads it
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._base_probe: str | None = None
         self._background: set[asyncio.Task[None]] = set()

@@ -7,6 +7,8 @@ request does not read the registry files every time (`clear()` after an admin re
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -66,3 +68,59 @@ class Router:
         if not weighted:
             self._cache[model] = (now + self.ttl, target)
         return target
+
+
+class HashRing:
+    """Consistent hashing of served names onto replica names, with virtual nodes.
+
+    Each replica owns `vnodes` points on a 64-bit ring; a key belongs to the first point clockwise
+    of its hash. Adding or removing a replica only moves the keys of the points it gains or loses,
+    so an adapter keeps its home (and stays loaded on few replicas) as the fleet changes.
+    """
+
+    def __init__(self, nodes: list[str] | None = None, *, vnodes: int = 64) -> None:
+        self.vnodes = vnodes
+        self._points: list[tuple[int, str]] = []
+        self._count = 0
+        for node in nodes or []:
+            self.add(node)
+
+    def add(self, node: str) -> None:
+        if any(n == node for _, n in self._points):
+            return
+        self._points.extend((_hash(f"{node}#{i}"), node) for i in range(self.vnodes))
+        self._points.sort()
+        self._count += 1
+
+    def remove(self, node: str) -> None:
+        before = len(self._points)
+        self._points = [p for p in self._points if p[1] != node]
+        if len(self._points) != before:
+            self._count -= 1
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted({n for _, n in self._points})
+
+    def preference(self, key: str) -> list[str]:
+        """Every node once, in ring order from `key`'s home: the home first, then its successors."""
+        if not self._points:
+            return []
+        start = bisect.bisect_left(self._points, (_hash(key), ""))
+        order: list[str] = []
+        for i in range(len(self._points)):
+            node = self._points[(start + i) % len(self._points)][1]
+            if node not in order:
+                order.append(node)
+                if len(order) == self._count:
+                    break
+        return order
+
+    def home(self, key: str) -> str | None:
+        order = self.preference(key)
+        return order[0] if order else None
+
+
+def _hash(text: str) -> int:
+    # blake2b, not hash(): Python's str hash is salted per process, homes must survive restarts
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")

@@ -8,6 +8,7 @@ them (`UpstreamPool`) so replica routing can grow without touching the routes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from lorafleet.errors import ConfigError
+from lorafleet.serve.routing import HashRing
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class HttpUpstream:
         self.up = False
         self.ready = False  # up and its adapters replayed
         self.in_flight = 0
+        # requests in flight per served name; HotSet.in_use is this same Counter (the proxy counts)
+        self.adapter_in_flight: collections.Counter[str] = collections.Counter()
+        self.waiting = 0  # vllm:num_requests_waiting from its /metrics at the last health check
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(
             base_url=self.url, headers=headers, transport=transport,
@@ -76,6 +81,16 @@ class HttpUpstream:
         if resp.status_code != 200:
             raise UpstreamError(f"upstream {self.name} answered {resp.status_code} to /v1/models", status=503)
         return [m["id"] for m in resp.json().get("data", [])]
+
+    async def waiting_requests(self, timeout: float = 5.0) -> int | None:
+        """vLLM's queue depth (`vllm:num_requests_waiting`), or None when /metrics has none."""
+        try:
+            resp = await self.client.get("/metrics", timeout=timeout)
+        except httpx.HTTPError:
+            return None
+        if resp.status_code != 200:
+            return None
+        return parse_waiting(resp.text)
 
     async def load_lora(self, served_name: str, path: Path) -> None:
         """Load an adapter under its immutable served name; 'already loaded' counts as success."""
@@ -106,6 +121,17 @@ class HttpUpstream:
             return await self.client.post(path, json=body, timeout=LOAD_TIMEOUT)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream {self.name} unreachable ({exc.__class__.__name__})", status=503) from None
+
+
+def parse_waiting(text: str) -> int | None:
+    """Sum of `vllm:num_requests_waiting` samples in a Prometheus text page (None if absent)."""
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        if line.startswith("vllm:num_requests_waiting"):
+            with contextlib.suppress(ValueError, IndexError):
+                total += float(line.rsplit(maxsplit=1)[1])
+                seen = True
+    return int(total) if seen else None
 
 
 def _error_message(resp: httpx.Response) -> str:
@@ -310,9 +336,15 @@ class UpstreamPool:
     marked ready only after it returns.
     """
 
-    def __init__(self, upstreams: list[HttpUpstream], *, interval: float = 2.0) -> None:
+    def __init__(self, upstreams: list[HttpUpstream], *, interval: float = 2.0, saturated_at: int = 64,
+                 spread_at: int = 16, vnodes: int = 64) -> None:
         self.upstreams = upstreams
         self.interval = interval
+        # a replica is saturated when its in-flight plus vLLM's waiting queue reaches this
+        self.saturated_at = saturated_at
+        # an adapter with this many requests in flight on its home also goes to a second replica
+        self.spread_at = spread_at
+        self.ring = HashRing([u.name for u in upstreams], vnodes=vnodes)
         self.on_recovered: Callable[[HttpUpstream, list[str]], Awaitable[None]] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -320,16 +352,45 @@ class UpstreamPool:
     def ready(self) -> bool:
         return any(u.ready for u in self.upstreams)
 
+    def load(self, upstream: HttpUpstream) -> int:
+        """How busy a replica is: requests the gateway has in flight there plus vLLM's own queue."""
+        return upstream.in_flight + upstream.waiting
+
+    def saturated(self, upstream: HttpUpstream) -> bool:
+        return self.load(upstream) >= self.saturated_at
+
+    def home_order(self, served_name: str) -> list[HttpUpstream]:
+        """Every replica in the adapter's ring order, ready or not: its home first."""
+        by_name = {u.name: u for u in self.upstreams}
+        return [by_name[n] for n in self.ring.preference(served_name)]
+
     def pick(self, served_name: str | None, loaded: Callable[[HttpUpstream], bool]) -> HttpUpstream:
-        """A ready upstream, preferring one that already holds the adapter, then the least busy."""
+        """The replica for one request.
+
+        Base requests: the least-loaded ready replica. Adapters: their home on the hash ring when
+        it is ready and not saturated, shared with the next ready replica in ring order once the
+        adapter has `spread_at` requests in flight at home. Home down or saturated: the
+        least-loaded unsaturated ready replica, preferring one that already holds the adapter (so
+        the fallback loads it once, not everywhere).
+        """
         ready = [u for u in self.upstreams if u.ready]
         if not ready:
             raise UpstreamError("no upstream is ready (vLLM is starting or restarting)", status=503)
-        if served_name is not None:
-            holding = [u for u in ready if loaded(u)]
-            if holding:
-                ready = holding
-        return min(ready, key=lambda u: u.in_flight)
+        if served_name is None:
+            return min(ready, key=self.load)
+        order = self.home_order(served_name)
+        home = order[0]
+        if home.ready and not self.saturated(home):
+            if home.adapter_in_flight[served_name] < self.spread_at:
+                return home
+            second = next((u for u in order[1:] if u.ready and not self.saturated(u)), None)
+            if second is None:
+                return home
+            # a hot adapter: home and its ring successor share it, whichever has fewer of it
+            return min((home, second), key=lambda u: (u.adapter_in_flight[served_name], self.load(u)))
+        open_ = [u for u in ready if not self.saturated(u)] or ready
+        holding = [u for u in open_ if loaded(u)]
+        return min(holding or open_, key=self.load)
 
     async def check_all(self) -> None:
         for upstream in self.upstreams:
@@ -344,6 +405,8 @@ class UpstreamPool:
             upstream.up = upstream.ready = False
             return
         upstream.up = True
+        waiting = await upstream.waiting_requests()
+        upstream.waiting = waiting or 0
         if self.on_recovered is not None:
             await self.on_recovered(upstream, ids)
         upstream.ready = True
