@@ -42,6 +42,16 @@ def review_items(run_id: str, suite_name: str, spec: ReviewSpec, samples: list[S
     return items
 
 
+def push_to_queues(client: ReviewClient, spec: ReviewSpec, items: list[ReviewItem]) -> bool:
+    """Rubric items to `spec.queue`, A/B items to the pairwise queue; True when nothing is spooled."""
+    rubric = [i for i in items if i.responses is None]
+    pairs = [i for i in items if i.responses is not None]
+    sent = push(client, spec.queue, rubric) if rubric else True
+    if pairs:
+        sent = push(client, spec.pairwise_target_queue, pairs) and sent
+    return sent
+
+
 def push(client: ReviewClient, queue: str, items: list[ReviewItem]) -> bool:
     """Push in batches the ingest API accepts; True when nothing is left spooled."""
     ok = True

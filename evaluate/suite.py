@@ -95,7 +95,14 @@ class ReviewSpec(_Strict):
     rubric: str | None = None
     pairwise: list[str] | None = Field(default=None, min_length=2, max_length=2)
     queue: str = "eval"
+    pairwise_queue: str | None = Field(
+        default=None, description="Queue for the blind A/B items (a pairwise queue); default: <queue>-pairwise.")
     seed: int = 0
+
+    @property
+    def pairwise_target_queue(self) -> str:
+        """A review queue is either rubric or pairwise, so A/B items go to a queue of their own."""
+        return self.pairwise_queue or f"{self.queue}-pairwise"
 
 
 class StatsSpec(_Strict):

@@ -72,7 +72,7 @@ def run(
 
 
 def _push(st, run_dir: Path, suite) -> None:
-    from lorafleet.evaluate.review_push import push, review_items
+    from lorafleet.evaluate.review_push import push_to_queues, review_items
     from lorafleet.evaluate.store import RunStore
     from lorafleet.samples import ReviewClient
 
@@ -85,7 +85,7 @@ def _push(st, run_dir: Path, suite) -> None:
     token = st.review_token.get_secret_value() if st.review_token else ""
     client = ReviewClient(st.review_url, token, st.eval_dir / "review-spool.jsonl")
     try:
-        sent = push(client, suite.review.queue, items)
+        sent = push_to_queues(client, suite.review, items)
     finally:
         client.close()
     err_console.print(f"review: {len(items)} item(s) {'sent' if sent else 'spooled (app unreachable)'}")

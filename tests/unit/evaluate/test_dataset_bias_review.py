@@ -9,7 +9,7 @@ import httpx
 import pytest
 from lorafleet.evaluate.dataset import load_samples
 from lorafleet.evaluate.pipeline import RunOptions, run_suite
-from lorafleet.evaluate.review_push import push, review_items
+from lorafleet.evaluate.review_push import push, push_to_queues, review_items
 from lorafleet.evaluate.store import RunStore
 from lorafleet.evaluate.suite import Suite, load_suite
 
@@ -117,6 +117,12 @@ def test_review_items_are_tagged_and_pushed(fake, intent_suite: Path, data_dir: 
     client = ReviewClient("http://review.test", "tok", data_dir / "spool.jsonl", transport=httpx.MockTransport(handler))
     assert push(client, "eval", items)
     assert sum(len(b["items"]) for b in received) == 9
+
+    # A review queue is rubric or pairwise: the A/B items go to a queue of their own.
+    received.clear()
+    assert push_to_queues(client, s.review, items)
+    by_queue = {b["queue"]: len(b["items"]) for b in received}
+    assert by_queue == {s.review.queue: 6, f"{s.review.queue}-pairwise": 3}
 
     down = ReviewClient("http://127.0.0.1:9", "tok", data_dir / "spool2.jsonl", timeout=1)
     assert not push(down, "eval", items)
