@@ -216,7 +216,7 @@ def eval_step(task: str) -> Callable[[], None]:
         lorafleet("eval", "run", f"examples/suites/{task}.yaml", "--endpoint", GATEWAY,
                   "--api-key", load_json(SECRETS)["api_key"], "--out", str(out), "--push-review",
                   ok=(0, 1), env=eval_env())
-        lorafleet("eval", "report", str(out), "--format", "html")
+        lorafleet("eval", "report", str(out), "--format", "md")  # report.html is written beside it
     return step
 
 
@@ -234,7 +234,8 @@ def step_capture() -> None:
 
 
 def summary() -> None:
-    table = Table("suite", "target", "metric", "value [95% CI]", "gates", title="base vs adapters (held-out test)")
+    table = Table("suite", "target", "metric", "value [95% CI]  Δ vs base (* significant)", "gates",
+                  title="base vs adapters on the held-out test splits")
     for task in TASKS:
         results = DEMO / "eval" / task / "results.json"
         if not results.exists():
@@ -261,18 +262,21 @@ stop everything with: [bold]make stop[/]""", highlight=False)
 
 
 def summary_rows(data: dict) -> list[tuple[str, str, str, str]]:
-    """(target, metric, value with CI, gate verdicts) rows from an eval run's results.json."""
+    """(target, metric, value [CI] and delta vs base, gate verdicts) rows from an eval run's results.json."""
     rows = []
-    gates = data.get("gates", [])
-    verdict = ", ".join(f"{'PASS' if g.get('passed') else 'FAIL'} {g.get('gate', g.get('expr', ''))}"
-                        for g in gates) or "-"
-    for target, metrics in data.get("metrics", {}).items():
-        for name, m in metrics.items():
-            if not isinstance(m, dict) or "value" not in m:
-                continue
-            ci = m.get("ci") or [None, None]
-            ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if None not in ci else ""
-            rows.append((target, name, f"{m['value']:.3f}{ci_text}", verdict))
+    deltas = {(c["target"], c["metric"]): c for c in data.get("comparisons", [])}
+    gates: dict[str, list[str]] = {}
+    for g in data.get("gates", []):
+        gates.setdefault(g["target"], []).append(f"{'PASS' if g['passed'] else 'FAIL'} {g['gate']}")
+    for target, result in data.get("targets", {}).items():
+        verdict = "; ".join(gates.get(target, [])) or "-"
+        for name, m in result.get("metrics", {}).items():
+            lo, hi = m["ci"]
+            text = f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+            c = deltas.get((target, name))
+            if c is not None:
+                text += f"  Δ {c['delta']:+.3f}{' *' if c['significant'] else ''}"
+            rows.append((target, name, text, verdict))
             verdict = ""
     return rows
 
