@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from lorafleet.serve.routing import HashRing
 
 from lorafleet.errors import ConfigError
-from lorafleet.serve.routing import HashRing
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,32 @@ class ChildSupervisor:
                 await self._task
         if self.process is not None:
             await asyncio.to_thread(self.process.stop)
+
+
+class ReplicaSet:
+    """Several supervised vLLM children started and stopped together (`lorafleet serve --replicas N`).
+
+    Quacks like one ChildSupervisor, so the gateway state holds either; each child keeps its own
+    port, key and restart loop.
+    """
+
+    def __init__(self, supervisors: list[ChildSupervisor]) -> None:
+        self.supervisors = supervisors
+
+    @property
+    def restarts(self) -> int:
+        return sum(s.restarts for s in self.supervisors)
+
+    async def start(self) -> None:
+        # started together: each CPU child takes a minute or more to come up
+        results = await asyncio.gather(*(s.start() for s in self.supervisors), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            await self.stop()
+            raise failed
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.supervisors))
 
 
 class UpstreamPool:

@@ -46,6 +46,8 @@ def serve(
                                                            "traffic for review (repeatable).")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No keys (loopback host only).")] = False,
     no_probe: Annotated[bool, typer.Option("--no-probe", help="Skip the after-load no-op check.")] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="Local vLLM children to start, each on its own port; "
+                                                       "adapters are routed to a home replica.")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve the base and every registered adapter behind one OpenAI-compatible endpoint."""
@@ -73,11 +75,38 @@ def serve(
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"setting {field!r}: {err['msg']}", hint=f"check --{field.replace('_', '-')}") from None
-    application = create_app(settings)
+    if replicas > 1 and settings.upstreams:
+        raise ConfigError("--replicas with --upstream", hint="--replicas starts local vLLM children; "
+                                                           "pass each running server as --upstream instead")
+    application = create_app(settings) if replicas == 1 else create_replicated_app(settings, replicas)
     where = f"http://{settings.host}:{settings.port}"
     if not settings.upstreams:
-        console.print(f"starting vLLM on {settings.base_dir} (60-90 s on CPU), then serving on {where}")
+        console.print(f"starting {replicas} vLLM child(ren) on {settings.base_dir} (60-90 s on CPU), "
+                      f"then serving on {where}")
     else:
         console.print(f"serving on {where} in front of {', '.join(settings.upstreams)}")
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level,
                 timeout_graceful_shutdown=10)
+
+
+def create_replicated_app(settings, replicas: int, **app_kwargs):
+    """The gateway in front of `replicas` local vLLM children, each under its own supervisor."""
+    from lorafleet.serve.app import _upstreams, create_app
+    from lorafleet.serve.upstream import ReplicaSet
+
+    settings.check(child=True)  # create_app skips the base-model check when given upstreams
+    upstreams, supervisors = [], []
+    ports: set[int] = set()
+    for i in range(replicas):
+        # the single-child builder, once per replica: same launch line, own port, key and log
+        (upstream,), supervisor = _upstreams(settings)
+        while supervisor.launch.port in ports:  # free_port() may hand out a just-released port again
+            (upstream,), supervisor = _upstreams(settings)
+        ports.add(supervisor.launch.port)
+        upstream.name = f"local{i}"
+        supervisor.launch.log_path = settings.data_dir / "logs" / f"vllm-{i}.log"
+        upstreams.append(upstream)
+        supervisors.append(supervisor)
+    application = create_app(settings, upstreams=upstreams, **app_kwargs)
+    application.state.gateway.supervisor = ReplicaSet(supervisors)
+    return application

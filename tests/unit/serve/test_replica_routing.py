@@ -209,3 +209,49 @@ async def test_base_requests_go_to_the_least_loaded_replica(serve_settings, key_
         f.clear_logs()
         assert (await f.gw.chat(BASE)).status_code == 200
         assert f.served_by(BASE) == ["r2"]
+
+
+# ---- --replicas N: local children under the same supervisor code (the fake as the program) ----
+
+async def test_replicas_start_children_and_route_around_a_killed_one(serve_settings, key_store, gw_registry,
+                                                                      tmp_path) -> None:
+    import sys
+
+    from lorafleet.cli.serve import create_replicated_app
+
+    program = [sys.executable, "-m", "tests.fakes.openai_upstream"]
+    settings = serve_settings.model_copy(update={"vllm_program": program, "base": tmp_path})
+    app = create_replicated_app(settings, 2, key_store=key_store)
+    admin = key_store.create(name="rep-admin", admin=True)[1]
+    state = app.state.gateway
+    auth = {"Authorization": f"Bearer {admin}"}
+    body = {"model": "pirate", "messages": [{"role": "user", "content": "x"}]}
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                                                   base_url="http://gw") as client:
+        sups = {s.upstream.name: s for s in state.supervisor.supervisors}
+        assert sorted(sups) == ["local0", "local1"]
+        assert len({s.launch.port for s in sups.values()}) == 2
+        assert (await client.post("/v1/chat/completions", json=body, headers=auth)).status_code == 200
+        home = state.pool.ring.home("pirate@v1")
+        other = next(n for n in sups if n != home)
+        assert "pirate@v1" in await sups[home].upstream.model_ids()
+        assert "pirate@v1" not in await sups[other].upstream.model_ids()
+
+        sups[home].process.kill()
+        sups[home].process.proc.wait(10)
+        await state.pool.check_all()  # the health loop would notice within health_interval
+        resp = await client.post("/v1/chat/completions", json=body, headers=auth)
+        assert resp.status_code == 200 and resp.json()["model"] == "pirate@v1"
+        assert "pirate@v1" in await sups[other].upstream.model_ids()  # reloaded on the survivor
+    assert not any(s.process.alive() for s in sups.values())
+
+
+def test_replicas_with_upstream_is_one_clear_line(capsys, tmp_path) -> None:
+    from tests.unit.serve.test_cli import run
+
+    code, _, err = run(capsys, "--data-dir", str(tmp_path / "data"), "serve", "--replicas", "2",
+                       "--upstream", "http://127.0.0.1:1")
+    assert code == 2 and err.startswith("error:") and "--replicas" in err and "Traceback" not in err
+    code, _, err = run(capsys, "--data-dir", str(tmp_path / "data"), "serve", "--replicas", "2",
+                       "--base", str(tmp_path))
+    assert code == 2 and "no base model here" in err and "Traceback" not in err
