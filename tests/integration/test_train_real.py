@@ -32,7 +32,7 @@ def test_qlora_on_embedded_base_learns_and_registers(embedded_base: Path, tmp_pa
     settings = Settings(data_dir=tmp_path / "data", base=embedded_base)
     config = TrainConfig(name="real-intents", train=_write(tmp_path / "train.jsonl", PROMPTS[:6]),
                          val=_write(tmp_path / "val.jsonl", PROMPTS[6:]), qlora=True, rank=16, lr=2e-3,
-                         batch_size=3, max_steps=4, eval_steps=2, max_length=96, samples=1)
+                         batch_size=3, max_steps=4, eval_steps=4, max_length=96, samples=0)
     result = train(config, settings, show_progress=False)
     assert result.version == "v1"
     assert result.val_loss is not None and result.base_val_loss is not None
