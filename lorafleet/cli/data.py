@@ -88,6 +88,8 @@ def split(
     if as_json:
         print_json(result)
     else:
+        for line in result.skipped:
+            console.print(f"[yellow]skipped[/] {line}", highlight=False)
         console.print(" ".join(f"{k}: {v}" for k, v in result.counts.items()) + f"  → {out}")
 
 

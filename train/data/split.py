@@ -9,8 +9,8 @@ from lorafleet.train.data.neardup import groups, near_duplicate_pairs
 from lorafleet.train.data.text import content_hash, record_text
 from pydantic import BaseModel
 
-from lorafleet.errors import ConfigError
-from lorafleet.formats import LineRecord, read_records
+from lorafleet.errors import ConfigError, FormatError
+from lorafleet.formats import read_records_lenient
 from lorafleet.fsutil import atomic_write_jsonl
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -20,6 +20,7 @@ class SplitResult(BaseModel):
     counts: dict[str, int]
     files: dict[str, str]
     near_duplicate_groups: int
+    skipped: list[str] = []
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
@@ -52,7 +53,9 @@ def assign(texts: Sequence[str], hashes: Sequence[str], ratios: tuple[float, flo
 def split_file(path: Path, out_dir: Path, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
                threshold: float = 0.8) -> SplitResult:
     """Write out_dir/{train,val,test}.jsonl from one file; the same input always gives the same split."""
-    rows: list[LineRecord] = list(read_records(Path(path)))
+    rows, bad = read_records_lenient(Path(path))  # unparsable lines are reported, not split
+    if not rows:
+        raise FormatError(f"{path}: no valid records to split", hint="run `lorafleet data check` on it")
     texts = [record_text(r.record) for r in rows]
     names = assign(texts, [content_hash(r.record) for r in rows], ratios, threshold)
     # Synthetic records only ever train: evaluating on them would measure the generator.
@@ -63,7 +66,8 @@ def split_file(path: Path, out_dir: Path, ratios: tuple[float, float, float] = (
         counts[split] = atomic_write_jsonl(target, [r.raw for r, s in zip(rows, names, strict=True) if s == split])
         files[split] = str(target)
     n_groups = len({g for g in groups(len(texts), near_duplicate_pairs(texts, threshold))})
-    return SplitResult(counts=counts, files=files, near_duplicate_groups=len(texts) - n_groups)
+    return SplitResult(counts=counts, files=files, near_duplicate_groups=len(texts) - n_groups,
+                       skipped=[str(e) for e in bad])
 
 
 def _augmented(raw: dict) -> bool:

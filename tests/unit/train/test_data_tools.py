@@ -101,3 +101,10 @@ def test_augment_marks_provenance_and_refuses_val(tmp_path: Path) -> None:
     val = write_jsonl(tmp_path / "val.jsonl", [chat("x", "y")])
     with pytest.raises(ConfigError, match="val split"):
         augment_file(val, tmp_path / "o.jsonl", endpoint="http://127.0.0.1:9", model="m")
+
+
+def test_split_skips_and_reports_broken_lines(capsys, tmp_path: Path) -> None:
+    code, out, _ = run_cli(capsys, "data", "split", str(DIRTY), "--out", str(tmp_path / "s"), "--json")
+    result = json.loads(out)
+    assert code == 0 and len(result["skipped"]) == 1 and "invalid JSON" in result["skipped"][0]
+    assert sum(result["counts"].values()) == len(DIRTY.read_text().splitlines()) - 1
