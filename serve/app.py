@@ -63,7 +63,8 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
     base_name = settings.base_name or settings.base_dir.resolve().name
     registry = Registry(settings.registry_dir)
     router = Router(registry, base_name, ttl=settings.registry_ttl)
-    pool = UpstreamPool(upstreams, interval=settings.health_interval)
+    pool = UpstreamPool(upstreams, interval=settings.health_interval, saturated_at=settings.saturated_at,
+                        spread_at=settings.spread_at, vnodes=settings.ring_vnodes)
     hot_sets = {u.name: HotSet(u, capacity=settings.hot_set, metrics=metrics, base_name=base_name,
                                probe=settings.probe) for u in upstreams}
     if key_store is None and not settings.no_auth:

@@ -45,6 +45,17 @@ class ServeSettings(Settings):
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     max_in_flight: int = Field(default=512, ge=1, description="Requests in flight before 503.")
     health_interval: float = Field(default=2.0, gt=0, description="Seconds between upstream health checks.")
+    # Replica routing (several --upstream/--replicas). Load = requests the gateway has in flight on
+    # a replica + vLLM's own waiting queue (vllm:num_requests_waiting, read at each health check).
+    saturated_at: int = Field(default=64, ge=1,
+                              description="LORAFLEET_SATURATED_AT: a replica whose load reaches this is "
+                                          "saturated; adapters homed there spill to the least-loaded replica.")
+    spread_at: int = Field(default=16, ge=1,
+                           description="LORAFLEET_SPREAD_AT: an adapter with this many requests in flight on "
+                                       "its home replica is shared with the next replica on the hash ring.")
+    ring_vnodes: int = Field(default=64, ge=1, le=4096,
+                             description="LORAFLEET_RING_VNODES: points per replica on the consistent-hash "
+                                         "ring; more points, more even spread of adapters over replicas.")
     registry_ttl: float = Field(default=2.0, ge=0, description="Seconds a resolved alias is cached.")
     key_cache_ttl: float = Field(default=5.0, ge=0, description="Seconds a verified key is cached.")
 
