@@ -40,6 +40,11 @@ ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
     "completions": ("/v1/completions", CompletionRequest),
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Failures before the upstream answered anything: the request never ran there, or died with the
+# replica before a single byte came back, so sending it to another replica cannot duplicate
+# output the client saw. Read/write timeouts are not here: a slow replica is not a dead one.
+RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
+             httpx.WriteError)
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Call:
     status: int = 200
     upstream: HttpUpstream | None = None  # set once one is picked; released in _done
     finished: bool = False
+    retried: bool = False  # sent again to another replica after a connection error (once)
 
 
 class Proxy:
@@ -87,12 +93,12 @@ class Proxy:
         self.metrics.in_flight.labels(call.target.adapter).inc()
         streaming = False
         try:
-            upstream = await self._acquire(call)
+            await self._acquire(call)
             if call.stream:
-                response = await self._stream(call, upstream)
+                response = await self._stream(call)
                 streaming = isinstance(response, StreamingResponse)
                 return response
-            return await _unless_disconnected(self._forward(call, upstream), disconnected)
+            return await _unless_disconnected(self._forward(call), disconnected)
         except ApiError as exc:
             return self._fail(call, exc)
         except UpstreamError as exc:
@@ -121,11 +127,27 @@ class Proxy:
         return Call(endpoint, body, target, stream, user, start, self.capture.wants(target.adapter))
 
     async def _acquire(self, call: Call) -> HttpUpstream:
+        """Pick the replica for the call, load its adapter there and hold a slot on it. A replica
+        that cannot be reached for the load is marked down and the next one tried (once per call)."""
+        while True:
+            upstream = self._pick(call.target)
+            try:
+                await self._hold(call, upstream)
+                return upstream
+            except UpstreamError as exc:
+                # 503 is HttpUpstream's "unreachable"; other load failures are the adapter's fault
+                if exc.status != 503 or not self._may_retry(call, upstream, "adapter load failed"):
+                    raise
+
+    def _pick(self, target: Target) -> HttpUpstream:
+        if target.is_base:
+            return self.pool.pick(None, lambda u: True)
+        served = target.served_name
+        return self.pool.pick(served, lambda u: self.hot_sets[u.name].holds(served))
+
+    async def _hold(self, call: Call, upstream: HttpUpstream) -> None:
         served = call.target.served_name
-        if call.target.is_base:
-            upstream = self.pool.pick(None, lambda u: True)
-        else:
-            upstream = self.pool.pick(served, lambda u: self.hot_sets[u.name].holds(served))
+        if not call.target.is_base:
             hot = self.hot_sets[upstream.name]
             assert call.target.adapter_ref is not None
             hot.in_use[served] += 1
@@ -137,7 +159,15 @@ class Proxy:
         upstream.in_flight += 1
         call.body["model"] = served
         call.upstream = upstream
-        return upstream
+
+    def _may_retry(self, call: Call, failed: HttpUpstream, why: str) -> bool:
+        """Mark `failed` down; True when the call may still go to another ready replica (once)."""
+        failed.up = failed.ready = False  # routed around until the health loop sees it answer again
+        if call.retried or not any(u.ready for u in self.pool.upstreams):
+            return False
+        call.retried = True
+        log.warning("upstream %s unreachable (%s); retrying on another replica", failed.name, why)
+        return True
 
     def _done(self, call: Call) -> None:
         if call.finished:  # a stream may end through its generator or its response, once
@@ -145,43 +175,59 @@ class Proxy:
         call.finished = True
         self.in_flight -= 1
         self.metrics.in_flight.labels(call.target.adapter).dec()
-        upstream = call.upstream
+        self._release(call)
+        labels = (call.target.adapter, call.target.version)
+        self.metrics.requests.labels(*labels, call.endpoint, str(call.status)).inc()
+        self.metrics.duration.labels(*labels, call.endpoint).observe(time.perf_counter() - call.start)
+
+    def _release(self, call: Call) -> None:
+        """Give back the upstream slot (and adapter in-use count) this call holds, if any."""
+        upstream, call.upstream = call.upstream, None
         if upstream is not None:
             upstream.in_flight -= 1
             if not call.target.is_base:
                 self.hot_sets[upstream.name].in_use[call.target.served_name] -= 1
-        labels = (call.target.adapter, call.target.version)
-        self.metrics.requests.labels(*labels, call.endpoint, str(call.status)).inc()
-        self.metrics.duration.labels(*labels, call.endpoint).observe(time.perf_counter() - call.start)
 
     def _fail(self, call: Call, exc: ApiError) -> Response:
         call.status = exc.status
         return exc.response()
 
     # ---- non-streaming ---------------------------------------------------------------------
-    async def _forward(self, call: Call, upstream: HttpUpstream) -> Response:
-        resp = await self._send(call, upstream, stream=False)
+    async def _forward(self, call: Call) -> Response:
+        resp = await self._send(call, stream=False)
         content = resp.content
         call.status = resp.status_code
         if resp.status_code == 200:
             self._account(call, content)
         return Response(content, status_code=resp.status_code, media_type="application/json")
 
-    async def _send(self, call: Call, upstream: HttpUpstream, *, stream: bool) -> httpx.Response:
-        """Send to the upstream; if it lost the adapter (restarted), reload once and retry."""
-        for attempt in (1, 2):
+    async def _send(self, call: Call, *, stream: bool) -> httpx.Response:
+        """Send to the call's upstream until it answers: if it lost the adapter (restarted), reload
+        once and resend; if it cannot be reached, mark it down and go to another replica once."""
+        reloaded = False
+        while True:
+            upstream = call.upstream
+            assert upstream is not None
             payload = json.dumps(call.body).encode()
             request = upstream.client.build_request(
                 "POST", ENDPOINTS[call.endpoint][0], content=payload, headers={"Content-Type": "application/json"})
             try:
                 resp = await upstream.client.send(request, stream=stream)
+            except RETRYABLE as exc:
+                self._release(call)
+                if not self._may_retry(call, upstream, exc.__class__.__name__):
+                    raise upstream_unavailable(
+                        f"upstream {upstream.name} unreachable ({exc.__class__.__name__})", 502) from None
+                await self._acquire(call)  # `upstream` is no longer ready: the pool picks another
+                continue
             except httpx.TimeoutException:
                 raise upstream_unavailable(f"upstream {upstream.name} timed out", 504) from None
             except httpx.HTTPError as exc:
-                upstream.up = upstream.ready = False  # the health loop brings it back
+                upstream.up = upstream.ready = False
                 raise upstream_unavailable(f"upstream {upstream.name} unreachable ({exc.__class__.__name__})",
                                            502) from None
-            if resp.status_code == 404 and attempt == 1 and not call.target.is_base:
+            if resp.status_code == 404 and not reloaded and not call.target.is_base:
+                reloaded = True
                 await resp.aread()
                 await resp.aclose()
                 hot = self.hot_sets[upstream.name]
@@ -190,7 +236,6 @@ class Proxy:
                 await hot.ensure(call.target.served_name, call.target.adapter_ref.path)
                 continue
             return resp
-        raise AssertionError("unreachable")
 
     def _account(self, call: Call, content: bytes) -> None:
         try:
@@ -218,12 +263,14 @@ class Proxy:
                             endpoint=call.endpoint, user=call.user)
 
     # ---- streaming -------------------------------------------------------------------------
-    async def _stream(self, call: Call, upstream: HttpUpstream) -> Response:
+    async def _stream(self, call: Call) -> Response:
         options = call.body.get("stream_options")
         injected = not (isinstance(options, dict) and options.get("include_usage"))
         if injected:  # ask for usage (token metrics); the extra chunk is not passed on
             call.body["stream_options"] = {**(options or {}), "include_usage": True}
-        resp = await self._send(call, upstream, stream=True)
+        resp = await self._send(call, stream=True)
+        upstream = call.upstream  # the replica that answered (another one after a retry)
+        assert upstream is not None
         if resp.status_code != 200:
             content = await resp.aread()
             await resp.aclose()

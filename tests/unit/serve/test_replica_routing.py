@@ -23,14 +23,24 @@ vllm:num_requests_running{engine="0",model_name="base-model"} 3.0
 
 
 class Switch(httpx.AsyncBaseTransport):
-    """A fake upstream that can be 'killed' (connection refused) and can publish vLLM's /metrics."""
+    """A fake upstream that can be 'killed' (connection refused) and can publish vLLM's /metrics.
+
+    `fail_completions`: an httpx error class raised for completion requests only, so health checks
+    still pass (a replica that dies between two checks); `completion_attempts` counts them.
+    """
 
     def __init__(self, fake: FakeUpstream) -> None:
         self.inner = fake.transport()
         self.down = False
         self.metrics_text: str | None = None
+        self.fail_completions: type[httpx.TransportError] | None = None
+        self.completion_attempts = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("completions"):
+            self.completion_attempts += 1
+            if self.fail_completions is not None:
+                raise self.fail_completions("replica failed", request=request)
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path == "/metrics" and self.metrics_text is not None:
