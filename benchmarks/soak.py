@@ -10,13 +10,15 @@ Traffic: `--clients` loops, each streaming one chat after another (`ignore_eos`,
 `--adapters` adapters that slides by one every `--rotate` seconds (70 %), or any adapter (5 %),
 under a bare name, `name@vN` or `name@prod`. The gateway keeps `--hot-set` adapters per upstream
 and vLLM `--max-loras` per batch, both fewer than the adapters. `--limited-clients` loops use a
-key with a small `rpm`: their 429s are deliberate and honoured (Retry-After).
+key with `--limited-rpm`: they retry a second after each 429, so the rejection path runs all along
+under load; those 429s are deliberate and counted apart.
 
 Checks (exit 1 if one fails): zero errors (any non-200 other than the deliberate 429s, a
 transport error or timeout, an error event, a stream without [DONE]); every chunk's `model` is
 the version that was asked for; adapters were loaded and unloaded during the run; the gateway's
 RSS (sampled every `--sample-every` s) is flat after warm-up: least-squares slope over the last
-80 % of the run below `--max-rss-slope` MB/min and growth below `--max-rss-growth` MB.
+80 % of the run below `--max-rss-slope` MB/min (judged when that is 5 minutes or more) and
+growth over it below `--max-rss-growth` MB.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def choose_model(rng: random.Random, elapsed: float, args: argparse.Namespace) -
 
 async def one_request(client: httpx.AsyncClient, url: str, key: str, model: str, expected: str,
                       rng: random.Random, tally: Tally, limited: bool, token_range: tuple[int, int]) -> float:
-    """Stream one chat; returns seconds to wait before the next (Retry-After on a deliberate 429)."""
+    """Stream one chat; returns seconds to wait before the next (after a deliberate 429)."""
     max_tokens = rng.randint(*token_range)
     body = {"model": model, "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
             "max_tokens": max_tokens, "temperature": 0.7, "ignore_eos": True, "stream": True,
@@ -202,7 +204,9 @@ async def one_request(client: httpx.AsyncClient, url: str, key: str, model: str,
                 text = (await resp.aread()).decode("utf-8", "replace")
                 if resp.status_code == 429 and limited:
                     tally.deliberate_429 += 1
-                    return float(resp.headers.get("Retry-After", "1"))
+                    if "Retry-After" not in resp.headers:
+                        tally.error("429 without Retry-After", text)
+                    return 1.0
                 tally.error(f"http {resp.status_code}", f"{model}: {text}")
                 return 0.0
             async for line in resp.aiter_lines():
@@ -272,7 +276,10 @@ async def drive(url: str, keys: tuple[str, str], expected: dict[str, str], gw_pi
     samples: list[tuple[float, float]] = []
     t0 = time.monotonic()
     stop_at = t0 + args.duration
-    limits = httpx.Limits(max_connections=args.clients + 8, max_keepalive_connections=args.clients + 8)
+    # idle connections expire before uvicorn's 5 s keep-alive does: reusing one the server is closing
+    # at that very moment is a client-side race (OpenAI's SDK retries it), not a gateway error
+    limits = httpx.Limits(max_connections=args.clients + 8, max_keepalive_connections=args.clients + 8,
+                          keepalive_expiry=2.0)
     timeout = httpx.Timeout(args.request_timeout, connect=10)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         sampler = asyncio.create_task(sample_rss(gw_pid, args.sample_every, stop_at, t0, samples))
@@ -358,7 +365,10 @@ def summarise(tally: Tally, samples: list[tuple[float, float]], wall: float, cou
         failures.append(f"{tally.wrong_model} responses named another model than asked")
     if loads <= args.adapters or unloads == 0:
         failures.append(f"hot set did not churn (loads {loads:.0f}, unloads {unloads:.0f})")
-    if slope > args.max_rss_slope or growth > args.max_rss_growth:
+    # a slope over a few minutes of samples is mostly allocator noise: judge it on 5 minutes or more
+    slope_checked = warm[-1][0] - warm[0][0] >= 300
+    result["rss_slope_checked"] = slope_checked
+    if growth > args.max_rss_growth or (slope_checked and slope > args.max_rss_slope):
         failures.append(f"gateway RSS not flat: +{growth:.1f} MB after warm-up, {slope:.2f} MB/min")
     return result, failures
 
@@ -368,8 +378,8 @@ def print_result(result: dict, failures: list[str]) -> None:
     for key in ("duration_s", "clients", "adapters", "hot_set", "max_loras", "requests", "ok", "deliberate_429",
                 "errors", "wrong_model", "completion_tokens", "tokens_per_s", "requests_per_s", "latency_p50_s",
                 "latency_p99_s", "ttft_p50_s", "ttft_p99_s", "rss_first_mb", "rss_after_warmup_mb", "rss_last_mb",
-                "rss_max_mb", "rss_growth_after_warmup_mb", "rss_slope_mb_per_min", "adapter_loads",
-                "adapter_unloads"):
+                "rss_max_mb", "rss_growth_after_warmup_mb", "rss_slope_mb_per_min", "rss_slope_checked",
+                "adapter_loads", "adapter_unloads"):
         print(f"  {key:28s} {result[key]}")
     for example in result["error_examples"]:
         print(f"  ! {example}")
@@ -381,7 +391,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of traffic (then it stops)")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--limited-clients", type=int, default=2, help="clients on a key with --limited-rpm")
-    parser.add_argument("--limited-rpm", type=int, default=6)
+    parser.add_argument("--limited-rpm", type=int, default=1)
     parser.add_argument("--adapters", type=int, default=6)
     parser.add_argument("--hot-set", type=int, default=4, help="gateway hot set per upstream (< --adapters)")
     parser.add_argument("--max-loras", type=int, default=2, help="vLLM adapters per batch")
