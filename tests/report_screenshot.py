@@ -2,7 +2,8 @@
 
 The README's `docs/img/eval-report.png` comes from the demo's real run:
 
-    .venv/bin/python -m tests.report_screenshot .lorafleet/demo/eval/support-intents/report.html docs/img/eval-report.png
+    .venv/bin/python -m tests.report_screenshot \
+        .lorafleet/demo/eval/support-intents/report.html docs/img/eval-report.png
 
 `tests/integration/test_readme.py` calls `screenshot_report` on the report of its own run, so this
 path stays exercised.

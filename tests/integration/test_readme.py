@@ -37,7 +37,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import click
 import httpx
 import pytest
 import typer
@@ -182,7 +181,8 @@ class Background:
     def wait_for(self, url: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"{self.cmd} exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.cmd} exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
                 if httpx.get(url, timeout=2).status_code == 200:
                     return
@@ -220,7 +220,7 @@ def parse_cli(args: list[str]) -> list[tuple[str, dict]]:
     command = typer.main.get_command(build_app())
     ctx = command.make_context("lorafleet", list(args))
     chain = [("lorafleet", ctx.params)]
-    while isinstance(command, click.Group):
+    while hasattr(command, "resolve_command"):  # a group (typer vendors its own click classes)
         rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
         if not rest:  # a group that runs itself (`lorafleet train …`, `lorafleet serve …`)
             break
