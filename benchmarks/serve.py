@@ -102,17 +102,19 @@ async def load(url: str, key: str, model: str, *, concurrency: int, requests: in
     return Run(tokens, wall, latencies, errors)
 
 
-def start_gateway(upstream_url: str, upstream_key: str, base_name: str, data_dir: Path) -> tuple[subprocess.Popen,
-                                                                                                  str, str]:
+def start_gateway(upstream_url: str, upstream_key: str, base_name: str, data_dir: Path,
+                  extra: list[str] | None = None) -> tuple[subprocess.Popen, str, str]:
+    """`lorafleet serve --upstream …` on a free port (log in `<data_dir>/gateway.log`); a key for it."""
     from lorafleet.serve.keys import KeyStore
     from lorafleet.serve.upstream import free_port
 
     _, key = KeyStore(f"sqlite:///{data_dir / 'lorafleet.db'}").create(name="bench", adapters="*")
     port = free_port()
     env = dict(os.environ, LORAFLEET_UPSTREAM_API_KEY=upstream_key)
-    proc = subprocess.Popen([sys.executable, "-m", "lorafleet", "--data-dir", str(data_dir), "serve",
-                             "--upstream", upstream_url, "--base-name", base_name, "--port", str(port)],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(data_dir / "gateway.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "lorafleet", "--data-dir", str(data_dir), "serve",
+                                 "--upstream", upstream_url, "--base-name", base_name, "--port", str(port),
+                                 *(extra or [])], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:

@@ -92,7 +92,8 @@ def _upstreams(settings: ServeSettings) -> tuple[list[HttpUpstream], ChildSuperv
     launch = VllmLaunch(model=base_dir, served_name=settings.base_name or base_dir.name,
                         max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank,
                         max_cpu_loras=max(settings.hot_set, settings.max_loras), kv_cache_gb=settings.kv_cache_gb,
-                        lora_plugin=settings.lora_plugin, extra_args=settings.vllm_args,
+                        lora_plugin=settings.lora_plugin, omp_bind=settings.vllm_omp_bind,
+                        dtype=settings.vllm_dtype, extra_args=settings.vllm_args,
                         port=free_port(), log_path=settings.data_dir / "logs" / "vllm.log")
     if settings.vllm_program:
         launch.program = list(settings.vllm_program)

