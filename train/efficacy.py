@@ -48,3 +48,30 @@ def base_val_loss(trainer: Any) -> float | None:
     trainer.remove_callback(EarlyStoppingCallback)  # training is over; this evaluation is not a candidate
     with trainer.model.disable_adapter():
         return float(trainer.evaluate(metric_key_prefix="base")["base_loss"])
+
+
+def serving_model(base: Any, adapter_dir: Any) -> Any:
+    """The adapter on the full-precision base, as vLLM serves it (a QLoRA run trained on nf4 weights)."""
+    from lorafleet.train.model import load_base
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_base(base, qlora=False), str(adapter_dir))
+    model.eval()
+    return model
+
+
+def val_loss_of(model: Any, batches: Any) -> float | None:
+    """Token-weighted val loss of `model` over collated batches: the trainer's loss, outside the trainer."""
+    import torch
+    from lorafleet.train.trainer import IGNORE_INDEX, decoder_and_head, scored_positions_loss
+
+    parts = decoder_and_head(model)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            kept = {k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch}
+            n = int((kept["labels"][:, 1:] != IGNORE_INDEX).sum())
+            if n and parts is not None:
+                total += float(scored_positions_loss(*parts, kept)) * n
+                count += n
+    return total / count if count else None

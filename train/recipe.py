@@ -22,7 +22,7 @@ from typing import Any
 from lorafleet.train import dataset
 from lorafleet.train.card import build_card
 from lorafleet.train.config import TrainConfig
-from lorafleet.train.efficacy import Sample, base_val_loss, side_by_side
+from lorafleet.train.efficacy import Sample, base_val_loss, serving_model, side_by_side, val_loss_of
 from lorafleet.train.model import check_base, load_base, load_tokenizer, lora_config
 from lorafleet.train.servable import check_saved_adapter, check_targets, module_names
 from lorafleet.train.tracking import Tracker
@@ -49,6 +49,7 @@ class TrainResult(BaseModel):
     train_loss_last: float | None
     val_loss: float | None
     base_val_loss: float | None
+    serving_val_loss: float | None = None
     examples: int
     dropped_overlong: int
     wall_time_s: float
@@ -91,18 +92,25 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
         base_loss = base_val_loss(trainer)
         adapter_dir = save_adapter(trainer.model, run_dir)
         check_saved_adapter(adapter_dir, base_names)
-        samples = side_by_side(trainer.model, tokenizer, val_ex or train_ex, config.samples)
+        served, serving_loss = trainer.model, None
+        if config.qlora:
+            # vLLM serves the adapter on the full-precision base, not on the nf4 weights it was trained
+            # against; on a small base that gap is large, so measure (and sample) what users will get.
+            served = serving_model(base, adapter_dir)
+            serving_loss = val_loss_of(served, trainer.get_eval_dataloader()) if val_ex else None
+        samples = side_by_side(served, tokenizer, val_ex or train_ex, config.samples)
         result = TrainResult(
             name=config.name, version=None, adapter_dir=str(adapter_dir), registry_path=None,
             steps=trainer.state.global_step, best_step=best_step(trainer.state),
             train_loss_first=progress.train_curve[0][1] if progress.train_curve else None,
             train_loss_last=progress.train_curve[-1][1] if progress.train_curve else None,
-            val_loss=val_loss, base_val_loss=base_loss, examples=len(train_ex), dropped_overlong=len(dropped),
+            val_loss=val_loss, base_val_loss=base_loss, serving_val_loss=serving_loss, examples=len(train_ex),
+            dropped_overlong=len(dropped),
             wall_time_s=round(time.perf_counter() - started, 1), peak_rss_mb=peak_rss_mb(),
             cpu_time_s=cpu_time_s(),
             tokens_per_s=round(progress.tokens_per_s, 1), mlflow_run_id=tracker.run_id, samples=samples,
         )
-        for key in ("val_loss", "base_val_loss", "wall_time_s", "peak_rss_mb", "tokens_per_s"):
+        for key in ("val_loss", "base_val_loss", "serving_val_loss", "wall_time_s", "peak_rss_mb", "tokens_per_s"):
             if getattr(result, key) is not None:
                 tracker.metric(f"final_{key}", getattr(result, key), result.steps)
         atomic_write_json(run_dir / "result.json", result)

@@ -82,6 +82,12 @@ def show_result(result: Any) -> None:
                   f"{result.wall_time_s:.0f} s, peak RSS {result.peak_rss_mb:.0f} MB, {result.tokens_per_s:.0f} tok/s")
     if result.val_loss is not None:
         console.print(f"val loss: base {result.base_val_loss:.3f} → adapter {result.val_loss:.3f}")
+    if result.serving_val_loss is not None:
+        console.print(f"val loss as served (adapter on the full-precision base, not nf4): "
+                      f"{result.serving_val_loss:.3f}")
+        if result.serving_val_loss > 2 * result.val_loss + 0.1:
+            console.print("[yellow]warning:[/] the adapter leans on nf4 rounding of this small base; "
+                          "evaluate it served, or train it without --qlora")
     if result.samples:
         table = Table("prompt", "reference", "base", "adapter", show_lines=True)
         for s in result.samples:

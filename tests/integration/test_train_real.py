@@ -37,8 +37,11 @@ def test_qlora_on_embedded_base_learns_and_registers(embedded_base: Path, tmp_pa
     assert result.version == "v1"
     assert result.val_loss is not None and result.base_val_loss is not None
     assert result.val_loss < result.base_val_loss * 0.7, (result.val_loss, result.base_val_loss)
+    # measured as served: the adapter on the full-precision base still beats the base
+    assert result.serving_val_loss is not None and result.serving_val_loss < result.base_val_loss
     resolved = Registry(settings.registry_dir).resolve("real-intents@v1")
     assert resolved.card.lora.quantization == "nf4" and resolved.card.base.weights_sha256
+    assert resolved.card.metrics["serving_val_loss"] == result.serving_val_loss
     info = inspect_peft_dir(resolved.path)
     assert servability_problems(info, max_lora_rank=16) == [] and info.rank == 16
     assert all("lora_" in n for n in info.tensor_names)  # nothing vLLM would ignore (no embeddings/heads)

@@ -61,3 +61,24 @@ def test_num_items_in_batch_scales_a_sum(tiny_model: Path) -> None:
     mean = scored_positions_loss(*decoder_and_head(model), batch)
     over_more = scored_positions_loss(*decoder_and_head(model), batch, torch.tensor(scored * 2))
     assert over_more.item() == pytest.approx(mean.item() / 2, rel=1e-5)
+
+
+def test_val_loss_of_weights_batches_by_scored_tokens(tiny_model: Path) -> None:
+    from lorafleet.train.efficacy import val_loss_of
+
+    model = _model(tiny_model, lora=False)
+    batch = _batch(model.config.vocab_size)
+    halves = [{k: v[:1] for k, v in batch.items()}, {k: v[1:] for k, v in batch.items()}]
+    with torch.no_grad():
+        whole = model(**batch).loss.item()
+    assert val_loss_of(model, halves) == pytest.approx(whole, rel=1e-5)
+    assert val_loss_of(model, [{**batch, "labels": torch.full_like(batch["labels"], -100)}]) is None
+
+
+def test_serving_model_puts_the_adapter_on_the_full_precision_base(tiny_model: Path, tiny_adapter: Path) -> None:
+    from lorafleet.train.efficacy import serving_model
+
+    model = serving_model(tiny_model, tiny_adapter)
+    assert not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert any("lora_A" in n for n, _ in model.named_parameters())
