@@ -41,10 +41,13 @@ ENDPOINTS: dict[str, tuple[str, type[BaseModel]]] = {
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Failures before the upstream answered anything: the request never ran there, or died with the
-# replica before a single byte came back, so sending it to another replica cannot duplicate
-# output the client saw. Read/write timeouts are not here: a slow replica is not a dead one.
-RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
-             httpx.WriteError)
+# replica before a single byte came back, so sending it again cannot duplicate output the client
+# saw. Read/write timeouts are not here: a slow replica is not a dead one.
+REFUSED = (httpx.ConnectError, httpx.ConnectTimeout)
+# A dropped connection is a dead replica, or a kept-alive connection the server closed just as we
+# reused it (uvicorn and httpx both expire idle connections after 5 s): a quick /v1/models tells.
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+ALIVE_CHECK_TIMEOUT = 2.0
 
 
 @dataclass
@@ -160,6 +163,14 @@ class Proxy:
         call.body["model"] = served
         call.upstream = upstream
 
+    @staticmethod
+    async def _alive(upstream: HttpUpstream) -> bool:
+        try:
+            await upstream.model_ids(timeout=ALIVE_CHECK_TIMEOUT)
+        except UpstreamError:
+            return False
+        return True
+
     def _may_retry(self, call: Call, failed: HttpUpstream, why: str) -> bool:
         """Mark `failed` down; True when the call may still go to another ready replica (once)."""
         failed.up = failed.ready = False  # routed around until the health loop sees it answer again
@@ -203,7 +214,8 @@ class Proxy:
 
     async def _send(self, call: Call, *, stream: bool) -> httpx.Response:
         """Send to the call's upstream until it answers: if it lost the adapter (restarted), reload
-        once and resend; if it cannot be reached, mark it down and go to another replica once."""
+        once and resend; if it cannot be reached, mark it down and go to another replica; if it
+        dropped a kept-alive connection but still answers, send again. One resend per call."""
         reloaded = False
         while True:
             upstream = call.upstream
@@ -213,12 +225,15 @@ class Proxy:
                 "POST", ENDPOINTS[call.endpoint][0], content=payload, headers={"Content-Type": "application/json"})
             try:
                 resp = await upstream.client.send(request, stream=stream)
-            except RETRYABLE as exc:
+            except REFUSED + DROPPED as exc:
                 self._release(call)
-                if not self._may_retry(call, upstream, exc.__class__.__name__):
-                    raise upstream_unavailable(
-                        f"upstream {upstream.name} unreachable ({exc.__class__.__name__})", 502) from None
-                await self._acquire(call)  # `upstream` is no longer ready: the pool picks another
+                why = exc.__class__.__name__
+                if isinstance(exc, DROPPED) and not call.retried and await self._alive(upstream):
+                    call.retried = True  # a stale connection: send again, on a fresh one
+                    log.info("upstream %s dropped a connection (%s) but answers; sending again", upstream.name, why)
+                elif not self._may_retry(call, upstream, why):
+                    raise upstream_unavailable(f"upstream {upstream.name} unreachable ({why})", 502) from None
+                await self._acquire(call)  # a replica marked down is skipped: the pool picks another
                 continue
             except httpx.TimeoutException:
                 raise upstream_unavailable(f"upstream {upstream.name} timed out", 504) from None

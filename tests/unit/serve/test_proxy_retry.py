@@ -76,12 +76,31 @@ async def test_a_stream_is_retried_when_no_byte_came_back(serve_settings, key_st
 async def test_a_replica_dying_before_it_answers_is_retried(serve_settings, key_store, gw_registry) -> None:
     async with fleet(serve_settings, key_store) as f:
         f.switches["r0"].fail_completions = httpx.RemoteProtocolError  # "disconnected without a response"
+        f.switches["r0"].die_on_failure = True
         f.switches["r1"].metrics_text = VLLM_METRICS.replace(" 7.0", " 1.0")
         f.switches["r2"].metrics_text = VLLM_METRICS.replace(" 7.0", " 2.0")
         await f.pool.check_all()  # base goes to the least-loaded: r0, then r1 on the retry
         resp = await f.gw.chat(BASE)
         assert resp.status_code == 200 and resp.json()["model"] == BASE
         assert [f.switches[r].completion_attempts for r in ("r0", "r1", "r2")] == [1, 1, 0]
+        assert not f.upstream("r0").ready
+        _no_leaks(f)
+
+
+async def test_a_dropped_keep_alive_connection_is_sent_again_to_the_same_replica(serve_settings, key_store,
+                                                                                gw_registry) -> None:
+    """The replica closed an idle connection just as the gateway reused it; it is alive, so the
+    request goes again (fresh connection) and the replica is not marked down."""
+    async with fleet(serve_settings, key_store, n=1) as f:
+        for error in (httpx.ReadError, httpx.RemoteProtocolError):
+            f.switches["r0"].fail_completions, f.switches["r0"].fail_times = error, 1
+            f.switches["r0"].completion_attempts = 0
+            resp = await f.gw.chat("pirate", stream=True)
+            assert resp.status_code == 200 and '"error"' not in resp.text
+            assert f.switches["r0"].completion_attempts == 2 and f.upstream("r0").ready
+        f.switches["r0"].fail_completions, f.switches["r0"].fail_times = httpx.ReadError, 2
+        resp = await f.gw.chat(BASE)  # dropped twice: one resend only, then a clean 502
+        assert resp.status_code == 502 and "error" in resp.json()
         _no_leaks(f)
 
 

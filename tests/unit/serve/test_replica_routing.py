@@ -25,8 +25,9 @@ vllm:num_requests_running{engine="0",model_name="base-model"} 3.0
 class Switch(httpx.AsyncBaseTransport):
     """A fake upstream that can be 'killed' (connection refused) and can publish vLLM's /metrics.
 
-    `fail_completions`: an httpx error class raised for completion requests only, so health checks
-    still pass (a replica that dies between two checks); `completion_attempts` counts them.
+    `fail_completions`: an httpx error class raised for completion requests only (`fail_times`
+    times), so health checks still pass; with `die_on_failure` the replica is down from then on.
+    `completion_attempts` counts completion requests.
     """
 
     def __init__(self, fake: FakeUpstream) -> None:
@@ -34,12 +35,16 @@ class Switch(httpx.AsyncBaseTransport):
         self.down = False
         self.metrics_text: str | None = None
         self.fail_completions: type[httpx.TransportError] | None = None
+        self.fail_times = 1_000_000
+        self.die_on_failure = False
         self.completion_attempts = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("completions"):
             self.completion_attempts += 1
-            if self.fail_completions is not None:
+            if self.fail_completions is not None and self.fail_times > 0:
+                self.fail_times -= 1
+                self.down = self.down or self.die_on_failure
                 raise self.fail_completions("replica failed", request=request)
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
