@@ -42,7 +42,7 @@ import pytest
 import typer
 import yaml
 
-from tests.fixtures.models import REPO, make_tiny_adapter
+from tests.fixtures.models import REPO
 from tests.report_screenshot import screenshot_report
 
 README = REPO / "README.md"
@@ -299,10 +299,10 @@ def test_data_and_train_tour(tmp_path: Path, tiny_model: Path) -> None:
     assert card["lora"]["rank"] == 16  # from examples/train/support-intents.yaml
 
 
-def test_registry_block(tmp_path: Path, tiny_model: Path) -> None:
+def test_registry_block(tmp_path: Path, demo_adapters: dict[str, Path]) -> None:
     cwd = workdir(tmp_path)
-    make_tiny_adapter(tiny_model, cwd / "my-peft-adapter", seed=0)
-    make_tiny_adapter(tiny_model, cwd / "my-peft-adapter-v2", seed=1)
+    shutil.copytree(demo_adapters["pirate"], cwd / "my-peft-adapter")  # two real PEFT folders (cached)
+    shutil.copytree(demo_adapters["robot"], cwd / "my-peft-adapter-v2")
     out = [sh(text, cwd).stdout for text in REGISTRY[:6]]
     assert "support-intents@v1" in out[0] and "support-intents@v2" in out[1]
     listed = json.loads(out[4])
