@@ -1,0 +1,40 @@
+"""The demo's summary rows: value [CI], delta vs base with significance, gates, FP rate on `none`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metric(value: float, per_class: dict | None = None) -> dict:
+    return {"value": value, "ci": [value - 0.05, min(1.0, value + 0.05)],
+            "details": {"per_class": per_class} if per_class else {}}
+
+
+def test_rows_show_ci_delta_gates_and_the_false_positive_rate_on_none() -> None:
+    data = {
+        "targets": {
+            "base": {"metrics": {"label_f1": _metric(0.0, {"none": {"recall": 0.0, "support": 17}})}},
+            "contract-clauses@latest": {"metrics": {
+                "label_f1": _metric(0.97, {"none": {"recall": 16 / 17, "support": 17},
+                                           "termination": {"recall": 1.0, "support": 9}})}},
+        },
+        "comparisons": [{"target": "contract-clauses@latest", "metric": "label_f1", "delta": 0.97,
+                         "significant": True}],
+        "gates": [{"target": "contract-clauses@latest", "gate": "label_f1 >= 0.8", "passed": True}],
+    }
+    rows = _demo().summary_rows(data)
+    adapter = [r for r in rows if r[0] == "contract-clauses@latest"]
+    assert adapter[0][1] == "label_f1" and "Δ +0.970 *" in adapter[0][2] and adapter[0][3] == "PASS label_f1 >= 0.8"
+    assert adapter[1] == ("contract-clauses@latest", "FP rate on none", "0.059 (1/17)", "")
+    base_fp = [r for r in rows if r[0] == "base" and r[1] == "FP rate on none"]
+    assert base_fp[0][2] == "1.000 (17/17)"
