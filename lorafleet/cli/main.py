@@ -53,6 +53,23 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(exits, usage errors, aborts): typer >= 0.29 vendors its own click, older ones use click itself."""
+    exits: list[type] = [click.exceptions.Exit, typer.Exit]
+    usage: list[type] = [click.ClickException]
+    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        pass
+    else:
+        usage.append(vendored.ClickException)
+    return tuple(dict.fromkeys(exits)), tuple(dict.fromkeys(usage)), tuple(dict.fromkeys(aborts))
+
+
+EXITS, USAGE_ERRORS, ABORTS = _click_classes()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line (exit 2), never a traceback."""
     app = build_app()
@@ -63,12 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         if exc.hint:
             err_console.print(f"  fix: {exc.hint}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except EXITS as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except USAGE_ERRORS as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*ABORTS, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)

@@ -91,3 +91,18 @@ def test_bad_setting_from_env(capsys: pytest.CaptureFixture[str], monkeypatch: p
     monkeypatch.setenv("LORAFLEET_ENGINE", "tpu")
     code, _, err = run(capsys, "adapters", "list")
     assert_clean_error(code, err, "engine", "LORAFLEET_ENGINE")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["data", "split", "x.jsonl", "--outt", "y"], "No such option: --outt"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["train", "--rank", "sixteen"], "Invalid value for '--rank'"),
+])
+def test_usage_errors_are_one_message_and_exit_2_never_a_traceback(argv: list[str], says: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr
