@@ -103,7 +103,7 @@ class Registry:
     """File-backed adapter registry; safe for concurrent writers on one machine."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # vLLM resolves adapter paths in its own cwd
 
     # ---- paths and locks -------------------------------------------------------------------
     def _adapter_dir(self, name: str) -> Path:

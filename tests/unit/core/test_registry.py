@@ -166,3 +166,13 @@ def test_eight_concurrent_imports(tmp_path: Path) -> None:
         assert stored == (src / "adapter_model.safetensors").read_bytes()
     assert reg.aliases("shared")["latest"] == "v8"
     assert not [p for p in (data_dir / "registry" / "shared").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_a_relative_registry_root_gives_absolute_adapter_paths(tmp_path: Path, monkeypatch) -> None:
+    # The gateway hands these paths to vLLM, which may run in another folder (--upstream).
+    monkeypatch.chdir(tmp_path)
+    registry = Registry(Path("data") / "registry")
+    registry.register("intents", make_peft_dir(tmp_path / "peft"), card())
+    monkeypatch.chdir("/")
+    resolved = registry.resolve("intents")
+    assert resolved.path.is_absolute() and (resolved.path / "adapter_config.json").is_file()
