@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from lorafleet.serve.upstream import VllmLaunch, VllmProcess, usable_cpus
+from lorafleet.serve.upstream import VllmLaunch, VllmProcess, resolve_dtype, usable_cpus
 
 from benchmarks.serve import pct, start_gateway
 from tests.fixtures.models import CACHE, _build_once, embedded_base_dir, make_tiny_adapter
@@ -116,7 +116,8 @@ def many_registry(data_dir: Path, base: Path, folders: list[Path]) -> list[str]:
     registry = Registry(data_dir / "registry")
     for folder in folders:
         info = inspect_peft_dir(folder)
-        card = AdapterCard(name=folder.name, version="v1", source="imported", base=BaseModelRef(id=BASE, path=str(base)),
+        card = AdapterCard(name=folder.name, version="v1", source="imported",
+                           base=BaseModelRef(id=BASE, path=str(base)),
                            lora=LoraInfo(rank=info.rank, alpha=info.alpha, target_modules=info.target_modules))
         registry.register(folder.name, folder, card)
     return [folder.name for folder in folders]
@@ -197,19 +198,21 @@ def start_vllm(base: Path, adapters: list[Path], *, plugin: bool, omp_bind: str 
 # ---- through the gateway: cold vs warm first token, 200 adapters ------------------------------
 
 async def first_token(client: httpx.AsyncClient, model: str, prompt: str) -> float:
-    """Seconds until the first streamed content chunk."""
+    """Seconds until the first streamed chunk with non-empty content (the stream is then drained)."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8,
             "temperature": 0, "ignore_eos": True, "stream": True}
     start = time.perf_counter()
+    ttft: float | None = None
     async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
-            if line.startswith("data: {") and '"content"' in line:
-                ttft = time.perf_counter() - start
-                async for _ in resp.aiter_lines():  # drain, so the next request starts on a quiet engine
-                    pass
-                return ttft
-    raise RuntimeError(f"{model}: stream ended without content")
+            if ttft is None and line.startswith("data: {"):
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    ttft = time.perf_counter() - start
+    if ttft is None:
+        raise RuntimeError(f"{model}: stream ended without content")
+    return ttft
 
 
 async def cold_warm(url: str, key: str, names: list[str]) -> dict[str, float]:
@@ -328,9 +331,10 @@ def op_microbench(rounds: int = 3) -> dict[str, dict[str, float]]:
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
     torch.set_num_threads(1)  # per-thread cost; comparable with earlier runs
+    dtype = getattr(torch, resolve_dtype("auto") or "bfloat16")  # what the launcher runs vLLM in here
     gen = torch.Generator().manual_seed(0)
-    layers = [(inner, outs, tuple(torch.randn(4, 1, 16, inner, generator=gen).bfloat16() for _ in outs),
-               tuple(torch.randn(4, 1, out, 16, generator=gen).bfloat16() for out in outs))
+    layers = [(inner, outs, tuple(torch.randn(4, 1, 16, inner, generator=gen).to(dtype) for _ in outs),
+               tuple(torch.randn(4, 1, out, 16, generator=gen).to(dtype) for out in outs))
               for inner, outs in SMOLLM2_LORA_LAYERS]
     batches = {  # token -> LoRA id (0 = base), as vLLM maps a batch
         "decode 32, one adapter": [1] * 32,
@@ -340,7 +344,7 @@ def op_microbench(rounds: int = 3) -> dict[str, dict[str, float]]:
     }
     out: dict[str, dict[str, float]] = {}
     for label, ids in batches.items():
-        xs = {576: torch.randn(len(ids), 576).bfloat16(), 1536: torch.randn(len(ids), 1536).bfloat16()}
+        xs = {576: torch.randn(len(ids), 576).to(dtype), 1536: torch.randn(len(ids), 1536).to(dtype)}
         best = {"stock": float("inf"), "grouped": float("inf")}
         for _ in range(rounds):
             for name, cls in (("stock", PunicaWrapperCPU), ("grouped", GroupedPunicaWrapperCPU)):
@@ -348,11 +352,11 @@ def op_microbench(rounds: int = 3) -> dict[str, dict[str, float]]:
                 start = time.perf_counter()
                 wrapper.update_metadata(LoRAMapping(ids, ids, is_prefill=True), [1, 2, 3, 4], 4, 49152)
                 for inner, outs, a, b in layers:
-                    y = torch.zeros(len(ids), sum(outs), dtype=torch.bfloat16)
+                    y = torch.zeros(len(ids), sum(outs), dtype=dtype)
                     wrapper.add_lora_linear(y, xs[inner], a, b, 1.0, outs)
                 best[name] = min(best[name], (time.perf_counter() - start) * 1000)
         out[label] = best
-        print(f"  {label}: stock {best['stock']:.1f} ms, grouped {best['grouped']:.1f} ms", flush=True)
+        print(f"  {label} ({dtype}): stock {best['stock']:.1f} ms, grouped {best['grouped']:.1f} ms", flush=True)
     return out
 
 
@@ -417,7 +421,7 @@ def full_run(base: Path, adapters: list[Path], args: Args, log_dir: Path) -> dic
     results: dict[str, Table] = {}
     isolated: dict[str, bool] = {}
     gateway: dict = {}
-    for plugin, label in ((False, "vLLM stock ops"), (True, "vLLM + lorafleet plugin")):
+    for plugin, label in ((True, "vLLM + lorafleet plugin"), (False, "vLLM stock ops")):
         print(f"{label} ...", flush=True)
         proc = start_vllm(base, adapters, plugin=plugin, omp_bind=args.omp_bind, dtype=args.dtype,
                           log=log_dir / f"vllm-plugin{int(plugin)}.log", max_cpu_loras=args.hot_set if plugin else None)
@@ -426,21 +430,25 @@ def full_run(base: Path, adapters: list[Path], args: Args, log_dir: Path) -> dic
             isolated[label] = asyncio.run(isolation(proc))
             if plugin:
                 print("through the gateway ...", flush=True)
-                gateway = gateway_phase(proc, base, args)
+                try:
+                    gateway = gateway_phase(proc, base, args)
+                except Exception as exc:  # noqa: BLE001 - keep the engine figures of a long run
+                    print(f"  gateway phase failed: {exc!r}", flush=True)
         finally:
             proc.stop()
     print("HF PEFT ...", flush=True)
     results["HF PEFT"] = run_hf(base, adapters, args)
     print(f"\ntok/s, {args.tokens} tokens per chat (ignore_eos), greedy; cells send max(conc, 4) chats\n")
     print(engine_table(results, isolated))
+    if not gateway:
+        return {"results": results, "isolation": isolated, "gateway": gateway}
     cw, many = gateway["cold_warm"], gateway["many"]
     print(f"\ncold vs warm first token through the gateway ({args.cold_adapters} adapters, median): "
           f"cold {cw['cold_ms']:.0f} ms, warm {cw['warm_ms']:.0f} ms, +{cw['cold_minus_warm_ms']:.0f} ms")
     print(f"{MANY} adapters, hot set {args.hot_set}, {many['requests']:.0f} uniform random requests at concurrency "
           f"{args.many_concurrency}: errors {many['errors']:.0f}, p50 {many['p50_ms']:.0f} ms, p99 "
           f"{many['p99_ms']:.0f} ms (p99/p50 {many['p99_over_p50']:.2f}), {many['req_per_s']:.2f} req/s")
-    return {"results": {k: {s: {str(c): v for c, v in t.items()} for s, t in tab.items()} for k, tab in results.items()},
-            "isolation": isolated, "gateway": gateway}
+    return {"results": results, "isolation": isolated, "gateway": gateway}
 
 
 def main() -> None:
