@@ -105,7 +105,9 @@ class HotSet:
         self._base_probe = None
         log.warning("%s lost %d adapter(s); replaying them", self.upstream.name, len(missing))
         for name in sorted(missing, key=lambda n: n not in self.pins):
-            path = self.loaded[name]
+            path = self.loaded.get(name)
+            if path is None:  # evicted while an earlier replay was awaited: nothing to restore
+                continue
             try:
                 await self.upstream.load_lora(name, path)
                 self.metrics.adapter_loads.labels(self.upstream.name, "replay").inc()

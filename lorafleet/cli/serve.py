@@ -85,8 +85,10 @@ def serve(
                       f"then serving on {where}")
     else:
         console.print(f"serving on {where} in front of {', '.join(settings.upstreams)}")
+    # Keep-alive well above clients' idle timeouts (httpx and the OpenAI SDK: 5 s): with equal timeouts
+    # the server may close a connection the client is just reusing (a spurious ReadError).
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, timeout_keep_alive=75)
 
 
 def create_replicated_app(settings, replicas: int, **app_kwargs):
