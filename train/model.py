@@ -10,6 +10,9 @@ from lorafleet.train.config import TrainConfig
 from lorafleet.base_model import BaseInfo, inspect_base
 from lorafleet.errors import BaseModelError
 
+# Non-reentrant: PyTorch's recommended mode; works with frozen inputs and keeps dropout masks.
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
+
 
 def check_base(base: Path) -> BaseInfo:
     """The base folder, refusing anything that is not a causal LM with a tokenizer."""
@@ -28,20 +31,29 @@ def load_tokenizer(base: Path) -> Any:
     return tokenizer
 
 
-def load_base(base: Path, *, qlora: bool) -> Any:
-    """fp32 on CPU (bf16 autocast is slower there); nf4 4-bit weights with fp32 compute for QLoRA."""
+def load_base(base: Path, *, qlora: bool, gradient_checkpointing: bool = False) -> Any:
+    """fp32 on CPU (bf16 autocast is slower there); nf4 4-bit weights with fp32 compute for QLoRA.
+    With `gradient_checkpointing` each decoder layer's activations are recomputed in backward
+    instead of kept: on a big base they, not the weights, dominate LoRA/QLoRA peak memory."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if not qlora:
-        return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+            # The frozen base leaves no input of the checkpointed layers requiring grad; reentrant
+            # checkpointing (a Trainer's default before transformers 5) would then drop LoRA's grads.
+            model.enable_input_require_grads()
+        return model
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.float32)
     model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=torch.float32)
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                           gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
 
 
 def lora_config(config: TrainConfig) -> Any:

@@ -23,7 +23,7 @@ from lorafleet.train import dataset
 from lorafleet.train.card import build_card
 from lorafleet.train.config import TrainConfig
 from lorafleet.train.efficacy import Sample, base_val_loss, serving_model, side_by_side, val_loss_of
-from lorafleet.train.model import check_base, load_base, load_tokenizer, lora_config
+from lorafleet.train.model import CHECKPOINTING_KWARGS, check_base, load_base, load_tokenizer, lora_config
 from lorafleet.train.servable import check_saved_adapter, check_targets, module_names
 from lorafleet.train.tracking import Tracker
 from pydantic import BaseModel
@@ -76,7 +76,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
     from peft import get_peft_model
 
     torch.manual_seed(config.seed)
-    model = load_base(base, qlora=config.qlora)
+    model = load_base(base, qlora=config.qlora, gradient_checkpointing=config.gradient_checkpointing)
     base_names = module_names(model)
     check_targets(config.target_modules, base_names)
     model = get_peft_model(model, lora_config(config))
@@ -189,6 +189,9 @@ def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: lis
         report_to="none", disable_tqdm=True, max_length=config.max_length, truncation_mode="keep_start",
         completion_only_loss=True, packing=False, prediction_loss_only=True, dataloader_num_workers=0,
         bf16=False, fp16=False,
+        # Explicit: TRL's SFTConfig turns checkpointing on by default, which we only want when asked.
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs=dict(CHECKPOINTING_KWARGS),
     )
     progress = ProgressAndTracking(tracker, console=console, show=show_progress)
     callbacks = [progress] + ([EarlyStoppingCallback(early_stopping_patience=config.patience)] if has_val else [])

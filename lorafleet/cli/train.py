@@ -36,6 +36,9 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens per example.")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations in backward: much less memory on big bases, ~30% slower.")] = None,
     on_overlong: Annotated[str | None, typer.Option(help="drop | truncate | error for longer examples.")] = None,
     allow_leakage: Annotated[bool | None, typer.Option(
         "--allow-leakage", help="Train although val rows are in train.")] = None,
@@ -57,6 +60,7 @@ def train(
         "base": base, "train": train_file, "val": val, "name": name, "qlora": qlora, "rank": rank, "alpha": alpha,
         "target_modules": target_modules.split(",") if target_modules else None, "epochs": epochs,
         "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "max_length": max_length,
+        "gradient_checkpointing": gradient_checkpointing,
         "on_overlong": on_overlong, "allow_leakage": allow_leakage, "eval_steps": eval_steps,
         "patience": patience, "seed": seed, "resume": resume, "samples": samples,
         "track": False if no_track else None,
