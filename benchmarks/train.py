@@ -1,7 +1,7 @@
 """Peak memory and training tokens/s: full fine-tuning vs LoRA vs QLoRA.
 
     .venv/bin/python benchmarks/train.py [--steps 6] [--batch 4] [--base DIR]
-    python3 benchmarks/train.py --device cuda --shape 135m,1.7b [--seq-len 512] [--json OUT.json]
+    python3 benchmarks/train.py --device cuda --shape 135m,1.7b [--seq-len 512] [--grad-ckpt] [--json OUT.json]
 
 Default (no --shape): the embedded SmolLM2-135M base on CPU, same data (support-intents train,
 first examples), same steps, same batch; each mode runs in its own subprocess so its peak RSS
@@ -12,6 +12,8 @@ With --shape: a randomly initialised Llama of that shape (no download: random we
 for memory and speed) is saved once and loaded by each mode's subprocess; the data is the same
 seeded random tokens for every mode. This path imports nothing from lorafleet, so it runs on a
 bare GPU machine; on CUDA the peak is torch.cuda.max_memory_allocated. See shape_bench below.
+--grad-ckpt turns on gradient checkpointing (non-reentrant, per decoder layer) in every mode, as
+`lorafleet train --gradient-checkpointing` does: the same comparison with activations recomputed.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ SHAPES: dict[str, dict] = {
              "intermediate_size": 8192, "vocab_size": 49152},
 }
 SHAPE_MODES = ("full", "full-bf16", "lora", "qlora")
+# The recipe's (lorafleet.train.model.CHECKPOINTING_KWARGS), copied: this path imports nothing from lorafleet.
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
 # On CPU bf16 is slower and not what the recipe does there, so the CPU run keeps the three fp32 modes.
 CPU_SHAPE_MODES = ("full", "lora", "qlora")
 # What each mode keeps on a GPU: the usual recipe for each, not one dtype forced on all.
@@ -118,24 +122,29 @@ def build_random_base(shape: str, out: Path, device: str) -> None:
     print(json.dumps({"params": params}))
 
 
-def load_shape_model(mode: str, base: Path, cuda: bool):
+def load_shape_model(mode: str, base: Path, cuda: bool, grad_ckpt: bool = False):
     """The base as each mode trains it (see GPU_PRECISION); fp32 throughout on CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
     placement = {"device_map": {"": 0}} if cuda else {}
     half = torch.bfloat16 if cuda else torch.float32
-    if mode == "full":
-        return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **placement)
-    if mode in ("full-bf16", "lora"):
-        return AutoModelForCausalLM.from_pretrained(base, dtype=half, **placement)
+    if mode in ("full", "full-bf16", "lora"):
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if mode == "full" else half,
+                                                     **placement)
+        if grad_ckpt:  # as lorafleet.train.model.load_base does
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+            if mode == "lora":
+                model.enable_input_require_grads()
+        return model
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=half)
     model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=half, **placement)
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt,
+                                           gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
 
 
 def shape_worker(mode: str, base: Path, args: argparse.Namespace) -> dict:
@@ -144,7 +153,7 @@ def shape_worker(mode: str, base: Path, args: argparse.Namespace) -> dict:
 
     cuda = args.device == "cuda"
     torch.manual_seed(0)
-    model = load_shape_model(mode, base, cuda)
+    model = load_shape_model(mode, base, cuda, args.grad_ckpt)
     if mode in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
@@ -158,7 +167,8 @@ def shape_worker(mode: str, base: Path, args: argparse.Namespace) -> dict:
     loaded_mb = round(torch.cuda.memory_allocated() / 2**20, 1) if cuda else None
     runs = {str(n): train_steps(model, opt, n, args) for n in seq_lens(args.seq_len)}
     return {"mode": mode, "trainable_params": sum(p.numel() for p in params), "loaded_mb": loaded_mb,
-            "runs": runs, "env": environment(cuda)}
+            "grad_ckpt": bool(getattr(model, "is_gradient_checkpointing", False)), "runs": runs,
+            "env": environment(cuda)}
 
 
 def seq_lens(text: str) -> list[int]:
@@ -263,9 +273,10 @@ def shape_bench(args: argparse.Namespace) -> None:
     shapes = [s.strip() for s in args.shape.split(",") if s.strip()]
     modes = SHAPE_MODES if args.device == "cuda" else CPU_SHAPE_MODES
     report = {"device": args.device, "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
-              "seq_len": args.seq_len, "precision": GPU_PRECISION if args.device == "cuda" else "fp32", "shapes": {}}
+              "seq_len": args.seq_len, "precision": GPU_PRECISION if args.device == "cuda" else "fp32",
+              "grad_ckpt": args.grad_ckpt, "shapes": {}}
     common = ["--device", args.device, "--steps", str(args.steps), "--batch", str(args.batch),
-              "--seq-len", args.seq_len, "--warmup", str(args.warmup)]
+              "--seq-len", args.seq_len, "--warmup", str(args.warmup)] + (["--grad-ckpt"] if args.grad_ckpt else [])
     with tempfile.TemporaryDirectory(prefix="lorafleet-bench-") as tmp:
         for shape in shapes:
             base = Path(tmp) / shape
@@ -293,7 +304,8 @@ def print_shape_table(shape: str, entry: dict, report: dict) -> None:
     ok = {m: r for m, r in entry["modes"].items() if "error" not in r}
     device = next((r["env"]["device"] for r in ok.values()), report["device"])
     print(f"\nshape {shape} ({entry['params'] / 1e6:,.1f}M params, random init), {device}, "
-          f"{report['steps']} steps ({report['warmup']} warm-up) × batch {report['batch']}")
+          f"{report['steps']} steps ({report['warmup']} warm-up) × batch {report['batch']}, "
+          f"gradient checkpointing {'on' if report.get('grad_ckpt') else 'off'}")
     print(f"{'seq':>5} {'mode':9} {'trainable':>13} {'loaded MiB':>10} {'peak MiB':>9} {'× full':>7} {'× f-bf16':>8} "
           f"{'tok/s':>9} {'× full':>7}")
     for n in seq_lens(report["seq_len"]):
@@ -325,6 +337,8 @@ def main() -> None:
                         help="tokens per sequence, comma-separated for several (--shape only)")
     parser.add_argument("--warmup", type=int, default=1, help="steps left out of tok/s (--shape only)")
     parser.add_argument("--json", type=Path, help="also write the results here (--shape only)")
+    parser.add_argument("--grad-ckpt", action="store_true",
+                        help="gradient checkpointing in every mode (--shape only)")
     parser.add_argument("--build", help=argparse.SUPPRESS)
     parser.add_argument("--shape-worker", choices=SHAPE_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
