@@ -175,7 +175,8 @@ def step_services() -> None:
         "serve", "--port", str(GATEWAY_PORT), "--review-url", REVIEW,
         "--review-token", review_env["LORAFLEET_REVIEW_ADMIN_TOKEN"], "--capture", "support-intents=1.0",
     ], gateway_env)
-    wait_http(f"{GATEWAY}/health", "gateway", 60, gateway_pid)
+    # The gateway listens once its vLLM child has loaded the base (60-90 s on 2 cores, more when busy).
+    wait_http(f"{GATEWAY}/health", "gateway and its vLLM child", 600, gateway_pid)
     wait_http_ready(gateway_pid)
     key = secret("api_key", lambda: create_key())
     console.print(f"demo API key stored in {SECRETS} (key {key[:10]}…)")
