@@ -66,12 +66,14 @@ def val_loss_of(model: Any, batches: Any) -> float | None:
     from lorafleet.train.trainer import IGNORE_INDEX, decoder_and_head, scored_positions_loss
 
     parts = decoder_and_head(model)
+    if parts is None:
+        return None
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
             kept = {k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch}
             n = int((kept["labels"][:, 1:] != IGNORE_INDEX).sum())
-            if n and parts is not None:
+            if n:
                 total += float(scored_positions_loss(*parts, kept)) * n
                 count += n
     return total / count if count else None
