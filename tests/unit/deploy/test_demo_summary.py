@@ -38,3 +38,19 @@ def test_rows_show_ci_delta_gates_and_the_false_positive_rate_on_none() -> None:
     assert adapter[1] == ("contract-clauses@latest", "FP rate on none", "0.059 (1/17)", "")
     base_fp = [r for r in rows if r[0] == "base" and r[1] == "FP rate on none"]
     assert base_fp[0][2] == "1.000 (17/17)"
+
+
+def test_timing_table_adds_install_to_the_steps_and_totals_them() -> None:
+    from rich.console import Console
+
+    demo = _demo()
+    console = Console(width=120, record=True)
+    console.print(demo.timing_table({"train": 300.0, "eval": 60.0}, 360.0, 240.0))
+    text = console.export_text()
+    assert "install (make install)" in text and "240" in text
+    assert "600 (10.0 min)" in text
+
+    console = Console(width=120, record=True)
+    console.print(demo.timing_table({"train": 300.0}, 300.0, None))
+    text = console.export_text()
+    assert "install" not in text and "300 (5.0 min)" in text
