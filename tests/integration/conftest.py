@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +115,6 @@ class Gateway:
     admin_key: str
     registry: Registry
     data_dir: Path
-    pid: int
     keys: KeyStore = field(repr=False)
 
     def make_key(self, adapters: str = "*", *, name: str | None = None, admin: bool = False,
@@ -131,18 +131,26 @@ def gateway(vllm_server: VllmServer, demo_registry: Registry) -> Iterator[Gatewa
     data_dir = demo_registry.root.parent
     keys = KeyStore(f"sqlite:///{data_dir / 'lorafleet.db'}")
     _, admin_key = keys.create(name="test-admin", adapters="*", admin=True)
+    with running_gateway(data_dir, [vllm_server.url], vllm_server.api_key) as url:
+        yield Gateway(url=url, admin_key=admin_key, registry=demo_registry, data_dir=data_dir, keys=keys)
+
+
+@contextmanager
+def running_gateway(data_dir: Path, upstreams: list[str], upstream_key: str, *extra: str) -> Iterator[str]:
+    """`lorafleet serve --upstream U…` on a free loopback port until the block ends; yields its URL."""
     port = free_port()
     cmd = [sys.executable, "-m", "lorafleet", "--data-dir", str(data_dir), "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--upstream", vllm_server.url, "--base-name", BASE_NAME]
-    env = dict(os.environ, LORAFLEET_UPSTREAM_API_KEY=vllm_server.api_key, LORAFLEET_HEALTH_INTERVAL="0.5")
+           "--port", str(port), "--base-name", BASE_NAME, *extra]
+    for upstream in upstreams:
+        cmd += ["--upstream", upstream]
+    env = dict(os.environ, LORAFLEET_UPSTREAM_API_KEY=upstream_key, LORAFLEET_HEALTH_INTERVAL="0.5")
     log_path = data_dir / "gateway.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, proc, log_path)
-        yield Gateway(url=url, admin_key=admin_key, registry=demo_registry, data_dir=data_dir, pid=proc.pid,
-                      keys=keys)
+        yield url
     finally:
         proc.terminate()
         try:

@@ -11,9 +11,6 @@ with a small KV cache and is the one killed.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,13 +21,12 @@ import openai
 import pytest
 from lorafleet.serve.keys import KeyStore
 from lorafleet.serve.routing import HashRing
-from lorafleet.serve.upstream import VllmLaunch, VllmProcess, free_port
+from lorafleet.serve.upstream import VllmLaunch, VllmProcess
 
 from lorafleet.adapter_files import inspect_peft_dir
 from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo
 from lorafleet.registry import Registry
-from tests.fixtures.models import REPO
-from tests.integration.conftest import BASE_NAME, VllmServer, _wait_ready
+from tests.integration.conftest import BASE_NAME, VllmServer, running_gateway
 
 PIRATE = "Arr!"
 ROBOT = "BEEP BOOP"
@@ -89,25 +85,8 @@ def replicas(vllm_server: VllmServer, replica_b: VllmProcess, demo_adapters: dic
     victim = HashRing(["u0", "u1"]).home(VICTIM)
     urls = [vllm_server.url, vllm_server.url]
     urls[int(victim[1])] = replica_b.url
-    port = free_port()
-    cmd = [sys.executable, "-m", "lorafleet", "--data-dir", str(data_dir), "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--upstream", urls[0], "--upstream", urls[1], "--base-name", BASE_NAME,
-           "--no-probe"]
-    env = dict(os.environ, LORAFLEET_UPSTREAM_API_KEY=vllm_server.api_key, LORAFLEET_HEALTH_INTERVAL="0.5")
-    log_path = data_dir / "gateway.log"
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, proc, log_path)
+    with running_gateway(data_dir, urls, vllm_server.api_key, "--no-probe") as url:
         yield Replicas(url, admin, victim, "u1" if victim == "u0" else "u0", replica_b)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 async def _ask(client: openai.AsyncOpenAI, model: str, prompt: str, *, stream: bool = False) -> tuple[str, str]:
