@@ -88,7 +88,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
         trainer, progress = build_trainer(config, model, tokenizer, train_ex, val_ex, run_dir, tracker,
                                           console, show_progress)
         trainer.train(resume_from_checkpoint=checkpoint)
-        val_loss = float(trainer.evaluate()["eval_loss"]) if val_ex else None
+        val_loss = final_val_loss(trainer) if val_ex else None
         base_loss = base_val_loss(trainer)
         adapter_dir = save_adapter(trainer.model, run_dir)
         check_saved_adapter(adapter_dir, base_names)
@@ -221,6 +221,15 @@ def save_adapter(model: Any, run_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def final_val_loss(trainer: Any) -> float:
+    """The kept model's val loss. With the best checkpoint reloaded it is that evaluation's loss, so
+    no second pass over val (the same weights, data and code give the same number)."""
+    state = trainer.state
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint and state.best_metric is not None:
+        return float(state.best_metric)
+    return float(trainer.evaluate()["eval_loss"])
 
 
 def best_step(state: Any) -> int | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from lorafleet.train.config import TrainConfig
-from lorafleet.train.recipe import build_trainer, train
+from lorafleet.train.recipe import build_trainer, final_val_loss, train
 from lorafleet.train.tracking import Tracker
 
 from lorafleet.adapter_files import inspect_peft_dir, servability_problems
@@ -50,6 +50,27 @@ def test_prompt_tokens_carry_label_minus_100(tiny_model: Path, data: tuple[Path,
         assert tokenizer.decode(trained).startswith(ANSWER)
         assert "where is my parcel" in tokenizer.decode(ids[:first])
         assert "where is my parcel" not in tokenizer.decode(trained)
+
+
+def test_final_val_loss_is_the_reloaded_best_checkpoints_without_a_second_pass(
+        tiny_model: Path, data: tuple[Path, Path], tmp_path: Path) -> None:
+    from lorafleet.train.dataset import prepare
+    from lorafleet.train.model import load_base, load_tokenizer, lora_config
+    from peft import get_peft_model
+    from rich.console import Console
+
+    config = TrainConfig(name="t", train=data[0], val=data[1], base=tiny_model, rank=8, max_steps=3,
+                         eval_steps=1, batch_size=2, lr=5e-3, track=False)
+    train_ex, val_ex = prepare(config.train, config.val)
+    model = get_peft_model(load_base(tiny_model, qlora=False), lora_config(config))
+    trainer, _ = build_trainer(config, model, load_tokenizer(tiny_model), train_ex, val_ex, tmp_path / "run",
+                               Tracker(None), Console(quiet=True), False)
+    trainer.train()
+    evaluations = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    assert len(evaluations) == 3
+    kept = final_val_loss(trainer)
+    assert kept == min(evaluations)
+    assert kept == pytest.approx(trainer.evaluate()["eval_loss"], rel=1e-5)  # the weights really are the best's
 
 
 def test_cli_train_registers_servable_version_with_full_card(capsys, tiny_model: Path, data: tuple[Path, Path],
