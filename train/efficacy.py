@@ -50,30 +50,36 @@ def base_val_loss(trainer: Any) -> float | None:
         return float(trainer.evaluate(metric_key_prefix="base")["base_loss"])
 
 
-def serving_model(base: Any, adapter_dir: Any) -> Any:
-    """The adapter on the full-precision base, as vLLM serves it (a QLoRA run trained on nf4 weights)."""
+def serving_model(base: Any, adapter_dir: Any, device: Any = "cpu") -> Any:
+    """The adapter on the full-precision base, as vLLM serves it (a QLoRA run trained on nf4 weights),
+    on `device`: the one the trainer's batches come to."""
     from lorafleet.train.model import load_base
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_base(base, qlora=False), str(adapter_dir))
+    model = PeftModel.from_pretrained(load_base(base, qlora=False), str(adapter_dir)).to(device)
     model.eval()
     return model
 
 
 def val_loss_of(model: Any, batches: Any) -> float | None:
-    """Token-weighted val loss of `model` over collated batches: the trainer's loss, outside the trainer."""
+    """Token-weighted val loss of `model` over collated batches: the trainer's loss, outside the trainer.
+    Under a process group each process sees its shard of val; the sums are added across processes."""
     import torch
     from lorafleet.train.trainer import IGNORE_INDEX, decoder_and_head, scored_positions_loss
 
     parts = decoder_and_head(model)
     if parts is None:
         return None
-    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss × tokens, tokens
     with torch.no_grad():
         for batch in batches:
-            kept = {k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch}
+            kept = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels") if k in batch}
             n = int((kept["labels"][:, 1:] != IGNORE_INDEX).sum())
             if n:
-                total += float(scored_positions_loss(*parts, kept)) * n
-                count += n
+                sums += torch.tensor([float(scored_positions_loss(*parts, kept)) * n, n], dtype=torch.float64,
+                                     device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    total, count = sums.tolist()
     return total / count if count else None

@@ -50,6 +50,7 @@ class TrainResult(BaseModel):
     val_loss: float | None
     base_val_loss: float | None
     serving_val_loss: float | None = None
+    processes: int = 1  # data-parallel processes (torchrun/accelerate launch); the global batch is batch_size × this
     examples: int
     dropped_overlong: int
     wall_time_s: float
@@ -61,8 +62,11 @@ class TrainResult(BaseModel):
 
 
 def train(config: TrainConfig, settings: Settings, *, console: Console | None = None, show_progress: bool = True,
-          fail_before_rename: Callable[[], None] | None = None) -> TrainResult:
-    """Train one adapter and register it as a new immutable version (see the module docstring)."""
+          fail_before_rename: Callable[[], None] | None = None) -> TrainResult | None:
+    """Train one adapter and register it as a new immutable version (see the module docstring).
+
+    Under `torchrun`/`accelerate launch` every process trains its share of each batch; only the main
+    process clears the run folder, tracks, saves and registers, and the others return None."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
     base = Path(config.base or settings.base_dir)
@@ -70,10 +74,17 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
     tokenizer = load_tokenizer(base)
     train_ex, val_ex, dropped = load_examples(config, tokenizer)
     run_dir = settings.data_dir / "runs" / config.name
-    checkpoint = start_run_dir(run_dir, config)
 
     import torch
+    from accelerate import PartialState
     from peft import get_peft_model
+
+    # One process unless a launcher (torchrun, accelerate launch) started several; on a machine
+    # without an accelerator accelerate only forms a CPU (gloo) group when told it is on CPU.
+    processes = PartialState(cpu=not torch.accelerator.is_available())
+    main = processes.is_main_process
+    with processes.main_process_first():
+        checkpoint = start_run_dir(run_dir, config, clean=main)
 
     torch.manual_seed(config.seed)
     model = load_base(base, qlora=config.qlora, gradient_checkpointing=config.gradient_checkpointing)
@@ -81,30 +92,35 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
     check_targets(config.target_modules, base_names)
     model = get_peft_model(model, lora_config(config))
 
-    tracker = Tracker(settings.data_dir / "mlflow" if config.track else None, run_name=config.name)
+    tracker = Tracker(settings.data_dir / "mlflow" if config.track and main else None, run_name=config.name)
     try:
         tracker.params({**config.hyperparameters(), "train": str(config.train), "val": str(config.val),
                         "base": str(base)})
         trainer, progress = build_trainer(config, model, tokenizer, train_ex, val_ex, run_dir, tracker,
-                                          console, show_progress)
+                                          console, show_progress and main)
         trainer.train(resume_from_checkpoint=checkpoint)
+        # Evaluations are collective under a process group: every process takes part in each one.
         val_loss = final_val_loss(trainer) if val_ex else None
         base_loss = base_val_loss(trainer)
-        adapter_dir = save_adapter(trainer.model, run_dir)
-        check_saved_adapter(adapter_dir, base_names)
+        adapter_dir = save_adapter(trainer.model, run_dir) if main else None
+        processes.wait_for_everyone()
         served, serving_loss = trainer.model, None
         if config.qlora:
             # vLLM serves the adapter on the full-precision base, not on the nf4 weights it was trained
             # against; on a small base that gap is large, so measure (and sample) what users will get.
-            served = serving_model(base, adapter_dir)
+            served = serving_model(base, run_dir / "adapter", device=trainer.args.device)
             serving_loss = val_loss_of(served, trainer.get_eval_dataloader()) if val_ex else None
+        if not main:
+            return None
+        check_saved_adapter(adapter_dir, base_names)
         samples = side_by_side(served, tokenizer, val_ex or train_ex, config.samples)
         result = TrainResult(
             name=config.name, version=None, adapter_dir=str(adapter_dir), registry_path=None,
             steps=trainer.state.global_step, best_step=best_step(trainer.state),
             train_loss_first=progress.train_curve[0][1] if progress.train_curve else None,
             train_loss_last=progress.train_curve[-1][1] if progress.train_curve else None,
-            val_loss=val_loss, base_val_loss=base_loss, serving_val_loss=serving_loss, examples=len(train_ex),
+            val_loss=val_loss, base_val_loss=base_loss, serving_val_loss=serving_loss,
+            processes=processes.num_processes, examples=len(train_ex),
             dropped_overlong=len(dropped),
             wall_time_s=round(time.perf_counter() - started, 1), peak_rss_mb=peak_rss_mb(),
             cpu_time_s=cpu_time_s(),
@@ -151,8 +167,9 @@ def load_examples(config: TrainConfig, tokenizer: Any) -> tuple[list[Any], list[
     return train_ex, val_ex, over
 
 
-def start_run_dir(run_dir: Path, config: TrainConfig) -> str | None:
-    """The checkpoint to resume from (with --resume), else a clean run folder."""
+def start_run_dir(run_dir: Path, config: TrainConfig, *, clean: bool = True) -> str | None:
+    """The checkpoint to resume from (with --resume), else a clean run folder (`clean`: this process
+    empties it; the other processes of a multi-process run leave it to the main one)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoints = run_dir / "checkpoints"
@@ -162,6 +179,8 @@ def start_run_dir(run_dir: Path, config: TrainConfig) -> str | None:
             raise ConfigError(f"--resume: no checkpoint of {config.name!r} under {checkpoints}",
                               hint="run without --resume to start afresh")
         return last
+    if not clean:
+        return None
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -171,6 +190,7 @@ def start_run_dir(run_dir: Path, config: TrainConfig) -> str | None:
 
 def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: list[Any], val_ex: list[Any],
                   run_dir: Path, tracker: Tracker, console: Console, show_progress: bool) -> tuple[Any, Any]:
+    import torch
     from datasets import Dataset
     from lorafleet.train.progress import ProgressAndTracking
     from lorafleet.train.trainer import LeanSFTTrainer
@@ -188,7 +208,7 @@ def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: lis
         load_best_model_at_end=has_val, metric_for_best_model="eval_loss", greater_is_better=False,
         report_to="none", disable_tqdm=True, max_length=config.max_length, truncation_mode="keep_start",
         completion_only_loss=True, packing=False, prediction_loss_only=True, dataloader_num_workers=0,
-        bf16=False, fp16=False,
+        bf16=False, fp16=False, use_cpu=not torch.accelerator.is_available(),
         # Explicit: TRL's SFTConfig turns checkpointing on by default, which we only want when asked.
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs=dict(CHECKPOINTING_KWARGS),

@@ -29,7 +29,9 @@ class LeanSFTTrainer(SFTTrainer):
             self._total_train_tokens += int(inputs["attention_mask"].sum())
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         kept = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
-        parts = decoder_and_head(self.accelerator.unwrap_model(model))
+        bare = self.accelerator.unwrap_model(model)
+        # A DDP wrapper syncs gradients only through its own forward: the lean path would skip it.
+        parts = decoder_and_head(bare) if bare is model else None
         if parts is None or "labels" not in kept:
             return Trainer.compute_loss(self, model, kept, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)

@@ -73,6 +73,8 @@ def train(
             raise ConfigError(f"missing {' and '.join(missing)}", hint="or pass --config train.yaml")
         cfg = build_config({k: v for k, v in flags.items() if v is not None})
     result = run(cfg, settings_from(ctx), console=err_console, show_progress=not as_json)
+    if result is None:  # not the main process of a multi-process run: the main one reports
+        return
     if as_json:
         print_json(result)
         return

@@ -73,6 +73,26 @@ def test_final_val_loss_is_the_reloaded_best_checkpoints_without_a_second_pass(
     assert kept == pytest.approx(trainer.evaluate()["eval_loss"], rel=1e-5)  # the weights really are the best's
 
 
+def test_single_process_training_takes_the_lean_loss_path(tiny_model: Path, data: tuple[Path, Path],
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lorafleet.train.trainer as lean
+    from lorafleet.train.dataset import prepare
+    from lorafleet.train.model import load_base, load_tokenizer, lora_config
+    from peft import get_peft_model
+    from rich.console import Console
+
+    calls = []
+    real = lean.scored_positions_loss
+    monkeypatch.setattr(lean, "scored_positions_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = TrainConfig(name="t", train=data[0], base=tiny_model, rank=8, max_steps=2, batch_size=2, track=False)
+    train_ex, _ = prepare(config.train, None)
+    model = get_peft_model(load_base(tiny_model, qlora=False), lora_config(config))
+    trainer, _ = build_trainer(config, model, load_tokenizer(tiny_model), train_ex, [], tmp_path / "run",
+                               Tracker(None), Console(quiet=True), False)
+    trainer.train()
+    assert len(calls) == 2  # one per step: no fallback to the full-vocabulary forward
+
+
 def test_cli_train_registers_servable_version_with_full_card(capsys, tiny_model: Path, data: tuple[Path, Path],
                                                              tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
@@ -83,6 +103,7 @@ def test_cli_train_registers_servable_version_with_full_card(capsys, tiny_model:
     assert code == 0, err
     result = json.loads(out)  # stdout holds only the JSON (no trainer log lines)
     assert result["version"] == "v1" and result["steps"] == 2 and result["base_val_loss"] is not None
+    assert result["processes"] == 1
     assert len(result["samples"]) == 1 and set(result["samples"][0]) == {"prompt", "reference", "base", "adapter"}
     resolved = Registry(data_dir / "registry").resolve("tiny-intents")
     card = resolved.card
