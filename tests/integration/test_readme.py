@@ -92,7 +92,7 @@ MAKE = {  # README command → what `make -n` must show it runs
     "make lint": "ruff check",
     "make bench": "benchmarks/*.py",
     "make stop": "scripts/demo.py --stop",
-    "LORAFLEET_ENGINE=gpu make install": ".[train,gpu,dev]",
+    "LORAFLEET_ENGINE=gpu make install": "scripts/install.sh .venv train,gpu,dev",
 }
 OTHER = (".venv/bin/lorafleet --help", "lorafleet base prepare")
 
