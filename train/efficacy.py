@@ -71,15 +71,16 @@ def val_loss_of(model: Any, batches: Any) -> float | None:
     if parts is None:
         return None
     device = next(model.parameters()).device
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss × tokens, tokens
+    total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
             kept = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels") if k in batch}
             n = int((kept["labels"][:, 1:] != IGNORE_INDEX).sum())
             if n:
-                sums += torch.tensor([float(scored_positions_loss(*parts, kept)) * n, n], dtype=torch.float64,
-                                     device=device)
+                total += float(scored_positions_loss(*parts, kept)) * n
+                count += n
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)  # nccl wants it on the GPU
         torch.distributed.all_reduce(sums)
-    total, count = sums.tolist()
+        total, count = sums.tolist()
     return total / count if count else None

@@ -31,6 +31,14 @@ def load_tokenizer(base: Path) -> Any:
     return tokenizer
 
 
+def on_cpu() -> bool:
+    """True where torch sees no accelerator: the Trainer must be told (use_cpu), and accelerate too,
+    or a launcher's processes do not form a CPU (gloo) group."""
+    import torch
+
+    return not torch.accelerator.is_available()
+
+
 def load_base(base: Path, *, qlora: bool, gradient_checkpointing: bool = False) -> Any:
     """fp32 on CPU (bf16 autocast is slower there); nf4 4-bit weights with fp32 compute for QLoRA.
     With `gradient_checkpointing` each decoder layer's activations are recomputed in backward

@@ -23,7 +23,7 @@ from lorafleet.train import dataset
 from lorafleet.train.card import build_card
 from lorafleet.train.config import TrainConfig
 from lorafleet.train.efficacy import Sample, base_val_loss, serving_model, side_by_side, val_loss_of
-from lorafleet.train.model import CHECKPOINTING_KWARGS, check_base, load_base, load_tokenizer, lora_config
+from lorafleet.train.model import CHECKPOINTING_KWARGS, check_base, load_base, load_tokenizer, lora_config, on_cpu
 from lorafleet.train.servable import check_saved_adapter, check_targets, module_names
 from lorafleet.train.tracking import Tracker
 from pydantic import BaseModel
@@ -81,7 +81,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
 
     # One process unless a launcher (torchrun, accelerate launch) started several; on a machine
     # without an accelerator accelerate only forms a CPU (gloo) group when told it is on CPU.
-    processes = PartialState(cpu=not torch.accelerator.is_available())
+    processes = PartialState(cpu=on_cpu())
     main = processes.is_main_process
     with processes.main_process_first():
         checkpoint = start_run_dir(run_dir, config, clean=main)
@@ -102,13 +102,15 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
         # Evaluations are collective under a process group: every process takes part in each one.
         val_loss = final_val_loss(trainer) if val_ex else None
         base_loss = base_val_loss(trainer)
-        adapter_dir = save_adapter(trainer.model, run_dir) if main else None
+        adapter_dir = run_dir / "adapter"
+        if main:
+            save_adapter(trainer.model, adapter_dir)
         processes.wait_for_everyone()
         served, serving_loss = trainer.model, None
         if config.qlora:
             # vLLM serves the adapter on the full-precision base, not on the nf4 weights it was trained
             # against; on a small base that gap is large, so measure (and sample) what users will get.
-            served = serving_model(base, run_dir / "adapter", device=trainer.args.device)
+            served = serving_model(base, adapter_dir, device=trainer.args.device)
             serving_loss = val_loss_of(served, trainer.get_eval_dataloader()) if val_ex else None
         if not main:
             return None
@@ -190,7 +192,6 @@ def start_run_dir(run_dir: Path, config: TrainConfig, *, clean: bool = True) -> 
 
 def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: list[Any], val_ex: list[Any],
                   run_dir: Path, tracker: Tracker, console: Console, show_progress: bool) -> tuple[Any, Any]:
-    import torch
     from datasets import Dataset
     from lorafleet.train.progress import ProgressAndTracking
     from lorafleet.train.trainer import LeanSFTTrainer
@@ -208,7 +209,7 @@ def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: lis
         load_best_model_at_end=has_val, metric_for_best_model="eval_loss", greater_is_better=False,
         report_to="none", disable_tqdm=True, max_length=config.max_length, truncation_mode="keep_start",
         completion_only_loss=True, packing=False, prediction_loss_only=True, dataloader_num_workers=0,
-        bf16=False, fp16=False, use_cpu=not torch.accelerator.is_available(),
+        bf16=False, fp16=False, use_cpu=on_cpu(),
         # Explicit: TRL's SFTConfig turns checkpointing on by default, which we only want when asked.
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs=dict(CHECKPOINTING_KWARGS),
@@ -226,21 +227,19 @@ def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: lis
     return trainer, progress
 
 
-def save_adapter(model: Any, run_dir: Path) -> Path:
-    """save_pretrained into a temp folder, then rename: never a half-written adapter folder."""
-    final = run_dir / "adapter"
-    tmp = run_dir / f".adapter-{uuid.uuid4().hex[:8]}"
+def save_adapter(model: Any, final: Path) -> None:
+    """save_pretrained into a temp folder beside `final`, then rename: never a half-written adapter folder."""
+    tmp = final.parent / f".{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
     except OSError as exc:
-        raise RegistryError(f"could not save the adapter under {run_dir}: {exc.strerror or exc}",
+        raise RegistryError(f"could not save the adapter under {final.parent}: {exc.strerror or exc}",
                             hint="free disk space, then rerun with --resume") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def final_val_loss(trainer: Any) -> float:
