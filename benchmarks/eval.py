@@ -1,6 +1,6 @@
 """Evaluation benchmarks, printed side by side:
 
-1. Generation throughput of the harness (`Runner`: cache writes, retries, parsing) vs a bare
+1. Generation throughput of the harness (`EvalClient`: cache writes, retries, parsing) vs a bare
    `openai.AsyncOpenAI` client at the same concurrency, against one loopback fake server running
    in its own process. Target: harness >= 0.9x bare.
 2. Scoring time for 10,000 stored samples: every metric family plus 1,000-resample bootstrap CIs.
@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lorafleet.evaluate.cache import ResponseCache  # noqa: E402
+from lorafleet.evaluate.client import EvalClient  # noqa: E402
 from lorafleet.evaluate.dataset import Sample  # noqa: E402
 from lorafleet.evaluate.metrics import compute_metrics  # noqa: E402
-from lorafleet.evaluate.runner import Runner  # noqa: E402
 from lorafleet.evaluate.stats import bootstrap_ci  # noqa: E402
 
 from lorafleet.formats import Message  # noqa: E402
@@ -79,7 +79,7 @@ async def bare(url: str, items: list[Sample], concurrency: int) -> float:
 
 async def harness(url: str, items: list[Sample], concurrency: int, cache_dir: Path) -> float:
     cache = ResponseCache(cache_dir / f"cache-{time.monotonic_ns()}.sqlite")
-    runner = Runner(url, concurrency=concurrency, cache=cache)
+    runner = EvalClient(url, concurrency=concurrency, cache=cache)
     start = time.perf_counter()
     await runner.generate("fake-base", items, PARAMS)
     elapsed = time.perf_counter() - start
@@ -112,10 +112,10 @@ def bench_generation(n: int, concurrency: int, rounds: int = 5) -> None:
         proc.wait(10)
     print(f"generation, {n} requests per side x {rounds} paired rounds, concurrency {concurrency}:")
     print(f"  bare AsyncOpenAI   median {statistics.median(bare_rates):8.1f} req/s   best {max(bare_rates):8.1f}")
-    print(f"  lorafleet Runner   median {statistics.median(harness_rates):8.1f} req/s   best {max(harness_rates):8.1f}"
+    print(f"  lorafleet EvalClient median {statistics.median(harness_rates):8.1f} req/s best {max(harness_rates):8.1f}"
           "   (cache on, fresh)")
     per_round = " ".join(f"{x:.2f}" for x in ratios)
-    print(f"  Runner / bare, per round: {per_round}   median {statistics.median(ratios):.2f}x")
+    print(f"  EvalClient / bare, per round: {per_round}   median {statistics.median(ratios):.2f}x")
 
 
 def bench_scoring(n: int, resamples: int = 1000) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from lorafleet.evaluate.client import Completion
 from lorafleet.evaluate.dataset import Sample
-from lorafleet.evaluate.runner import Completion
 from lorafleet.evaluate.suite import ReviewSpec
 
 from lorafleet.samples import ReviewClient, ReviewItem

@@ -1,270 +1,155 @@
-"""Generation against any OpenAI-compatible endpoint: bounded concurrency, on-disk cache, retries
-with back-off on 429/5xx/timeouts, and a clear error (partial work kept) when the endpoint fails."""
+"""The suite runner: generate every target of a suite, score, gate and write the run folder; rescore stored runs."""
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-import httpx
-from lorafleet.evaluate.cache import ResponseCache, cache_key
-from lorafleet.evaluate.dataset import Sample
-from pydantic import BaseModel, Field
+from lorafleet.evaluate.cache import ResponseCache
+from lorafleet.evaluate.client import Completion, EvalClient
+from lorafleet.evaluate.dataset import Sample, dataset_path, load_samples
+from lorafleet.evaluate.report import render_html, render_markdown
+from lorafleet.evaluate.results import RunResults
+from lorafleet.evaluate.scoring import TargetScores, score_run
+from lorafleet.evaluate.store import Manifest, RunStore, new_run_id
+from lorafleet.evaluate.suite import BASE, Suite, suite_from_dict
 
-from lorafleet.errors import LorafleetError
+from lorafleet.errors import ConfigError
+from lorafleet.registry import Registry
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-class EndpointError(LorafleetError):
-    """The endpoint refused or kept failing; what was generated so far is cached."""
-
-
-class Completion(BaseModel):
-    """One target's answer to one sample."""
-
-    output: str
-    served_model: str | None = None
-    latency_s: float = 0.0
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    finish_reason: str | None = None
-    cached: bool = False
-    ref_nll: float | None = Field(default=None, description="Summed -logprob of the reference's tokens.")
-    ref_tokens: int | None = Field(default=None, description="How many tokens covered the reference.")
+Progress = Callable[[str, int, int], None]  # (target, done, total)
 
 
-def api_root(endpoint: str) -> str:
-    """`http://h:p`, `http://h:p/` and `http://h:p/v1` all mean the same server."""
-    root = endpoint.rstrip("/")
-    return root[:-3] if root.endswith("/v1") else root
+@dataclass
+class RunOptions:
+    endpoint: str
+    api_key: str | None = None
+    concurrency: int = 8
+    out: Path | None = None
+    cache_path: Path | None = None  # None: no cache (--no-cache)
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    timeout_s: float = 120.0
 
 
-def _error_text(resp: httpx.Response) -> str:
+@dataclass
+class RunOutcome:
+    path: Path
+    results: RunResults
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.results.passed else 1
+
+
+async def _resolve_models(suite: Suite, client: EvalClient) -> dict[str, str]:
+    """target → name sent as `model` (base resolved, gateway aliases pinned to their version)."""
+    return await client.resolve_targets(suite.targets, base=BASE, base_model=suite.base_model)
+
+
+async def generate_all(suite: Suite, samples: list[Sample], client: EvalClient, models: dict[str, str],
+                       outputs: dict[str, dict[str, Completion]], progress: Progress | None) -> None:
+    """Generate every target into `outputs` (filled as answers arrive, so a failure keeps them)."""
+    for target in suite.targets:
+        outputs.setdefault(target, {})
+        if progress:
+            progress(target, 0, len(samples))
+
+    def on_done(target: str, sid: str, c: Completion) -> None:
+        outputs[target][sid] = c
+        if progress:
+            progress(target, len(outputs[target]), len(samples))
+
+    await client.generate_targets({t: models[t] for t in suite.targets}, samples, suite.generation.params(),
+                                  on_done=on_done)
+    if "perplexity" in suite.metric_families():
+        await client.add_reference_logprobs({t: models[t] for t in suite.targets}, samples, outputs)
+
+
+def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Path, registry: Registry | None = None,
+              progress: Progress | None = None) -> RunOutcome:
+    """Generate for every target, score, compare, gate and write the run folder."""
+    samples = load_samples(suite, dataset_path(suite, suite_path, registry))
+    run_id = new_run_id(suite.name)
+    store = RunStore(opts.out or runs_dir / run_id)
+    cache = ResponseCache(opts.cache_path) if opts.cache_path else None
+    client = EvalClient(opts.endpoint, opts.api_key, concurrency=opts.concurrency, cache=cache,
+                        max_retries=opts.max_retries, backoff_s=opts.backoff_s, timeout_s=opts.timeout_s)
+    manifest = Manifest(run_id=run_id, suite=suite.model_dump(mode="json"), suite_path=str(suite_path),
+                        endpoint=client.endpoint, created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    outputs: dict[str, dict[str, Completion]] = {}
+    store.write_samples(samples)
     try:
-        err = resp.json().get("error", {})
-        return str(err.get("message") if isinstance(err, dict) else err)[:300]
-    except ValueError:
-        return resp.text[:300]
+        manifest.models = asyncio.run(_resolve_models(suite, client))
+        store.write_manifest(manifest)
+        asyncio.run(generate_all(suite, samples, client, manifest.models, outputs, progress))
+    finally:
+        # Whatever happens, keep what was generated: the cache resumes it, the folder shows it.
+        store.write_outputs(outputs)
+        store.write_manifest(manifest)
+        if cache is not None:
+            cache.close()
+    manifest.status = "complete"
+    store.write_manifest(manifest)
+    return RunOutcome(store.path, score_and_write(store, suite, samples, outputs, manifest))
 
 
-class Runner:
-    """Sends chat completions for many samples with at most `concurrency` in flight."""
-
-    def __init__(self, endpoint: str, api_key: str | None = None, *, concurrency: int = 8,
-                 cache: ResponseCache | None = None, max_retries: int = 4, backoff_s: float = 0.5,
-                 timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.endpoint = api_root(endpoint)
-        self.api_key = api_key
-        self.concurrency = max(1, concurrency)
-        self.cache = cache
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.timeout_s = timeout_s
-        self.transport = transport
-
-    def _client(self) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        return httpx.AsyncClient(base_url=self.endpoint, headers=headers, timeout=self.timeout_s,
-                                 limits=limits, transport=self.transport)
-
-    async def list_models(self) -> list[dict[str, Any]]:
-        async with self._client() as client:
-            resp = await self._request(client, "GET", "/v1/models", None)
-        return list(resp.json().get("data", []))
-
-    async def resolve_targets(self, targets: list[str], *, base: str, base_model: str | None) -> dict[str, str]:
-        """target → the name to send. `base` becomes the endpoint's base model; an alias ref that the
-        lorafleet gateway lists with its version (`support-intents@latest` → v3) is pinned to
-        `name@vN`, so every sample hits one version and cached answers never outlive an alias move."""
-        try:
-            listed = await self.list_models()
-        except EndpointError:
-            if base in targets and base_model is None:
-                raise
-            listed = []
-        ids = {m.get("id") for m in listed}
-        models = {}
-        for target in targets:
-            if target == base:
-                models[target] = base_model or self._base_of(listed)
-                continue
-            entry = next((m for m in listed if m.get("id") == target), {})
-            info = entry.get("lorafleet") or {}
-            pinned = f"{info.get('adapter')}@{info.get('version')}"
-            use_pin = info.get("kind") == "adapter" and info.get("version") and pinned in ids
-            models[target] = pinned if use_pin else target
-        return models
-
-    async def resolve_base(self) -> str:
-        """The base model's name: the listed model that is nobody's adapter."""
-        return self._base_of(await self.list_models())
-
-    def _base_of(self, models: list[dict[str, Any]]) -> str:
-        bases = [m["id"] for m in models if not m.get("parent") and "@" not in m["id"]]
-        if not bases:
-            raise EndpointError(f"{self.endpoint}/v1/models lists no base model",
-                                hint="set base_model: in the suite")
-        return bases[0]
-
-    async def generate(self, model: str, samples: list[Sample], params: dict[str, Any], *,
-                       on_done: Callable[[str, Completion], None] | None = None) -> dict[str, Completion]:
-        """Completions for every sample (cached ones are not re-sent); order of `samples` kept."""
-        def done(target: str, sid: str, c: Completion) -> None:
-            if on_done:
-                on_done(sid, c)
-
-        out = await self.generate_targets({model: model}, samples, params, on_done=done)
-        return out[model]
-
-    async def generate_targets(self, models: dict[str, str], samples: list[Sample], params: dict[str, Any], *,
-                               on_done: Callable[[str, str, Completion], None] | None = None
-                               ) -> dict[str, dict[str, Completion]]:
-        """target → sample id → completion. One pool of `concurrency` workers serves every target,
-        sample by sample across targets, so an engine batches base and adapters together."""
-        results: dict[str, dict[str, Completion]] = {t: {} for t in models}
-        queue: asyncio.Queue[tuple[str, Sample]] = asyncio.Queue()
-        for s in samples:
-            for target in models:
-                queue.put_nowait((target, s))
-
-        async def worker(client: httpx.AsyncClient) -> None:
-            while not queue.empty():
-                target, sample = queue.get_nowait()
-                completion = await self._one(client, models[target], sample, params)
-                results[target][sample.id] = completion
-                if on_done:
-                    on_done(target, sample.id, completion)
-
-        async with self._client() as client:
-            workers = [asyncio.create_task(worker(client)) for _ in range(min(self.concurrency, queue.qsize()))]
-            try:
-                await asyncio.gather(*workers)
-            except BaseException:
-                for w in workers:
-                    w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                raise
-        return {t: {s.id: results[t][s.id] for s in samples} for t in models}
-
-    async def _one(self, client: httpx.AsyncClient, model: str, sample: Sample, params: dict[str, Any]
-                   ) -> Completion:
-        messages = [m.model_dump() for m in sample.messages]
-        key = cache_key(self.endpoint, model, messages, params)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            return Completion(**{**hit, "cached": True})
-        started = time.perf_counter()
-        resp = await self._request(client, "POST", "/v1/chat/completions",
-                                   {"model": model, "messages": messages, **params})
-        completion = self._parse(resp, time.perf_counter() - started)
-        if self.cache is not None:
-            self.cache.put(key, completion.model_dump(exclude={"cached"}))
-        return completion
-
-    async def add_reference_logprobs(self, models: dict[str, str], samples: list[Sample],
-                                     results: dict[str, dict[str, Completion]]) -> None:
-        """Fill `ref_nll`/`ref_tokens`: the reference appended as the assistant turn, scored by the
-        endpoint's prompt logprobs (vLLM's `prompt_logprobs`); left empty where it gives none."""
-        jobs = [(t, s) for s in samples for t in models if s.reference and results[t][s.id].ref_nll is None]
-        if not jobs:
-            return
-        queue: asyncio.Queue[tuple[str, Sample]] = asyncio.Queue()
-        for job in jobs:
-            queue.put_nowait(job)
-
-        async def worker(client: httpx.AsyncClient) -> None:
-            while not queue.empty():
-                target, sample = queue.get_nowait()
-                scored = await self._reference_nll(client, models[target], sample)
-                if scored is not None:
-                    results[target][sample.id].ref_nll, results[target][sample.id].ref_tokens = scored
-
-        async with self._client() as client:
-            await asyncio.gather(*(worker(client) for _ in range(min(self.concurrency, len(jobs)))))
-
-    async def _reference_nll(self, client: httpx.AsyncClient, model: str, sample: Sample
-                             ) -> tuple[float, int] | None:
-        messages = [m.model_dump() for m in sample.messages] + [{"role": "assistant", "content": sample.reference}]
-        params = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "add_generation_prompt": False,
-                  "continue_final_message": True}
-        key = cache_key(self.endpoint, model, messages, params)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            return None if hit.get("nll") is None else (hit["nll"], hit["tokens"])
-        resp = await self._request(client, "POST", "/v1/chat/completions", {"model": model, "messages": messages,
-                                                                              **params})
-        scored = reference_nll(resp.json().get("prompt_logprobs"), sample.reference)
-        if self.cache is not None:
-            self.cache.put(key, {"nll": scored[0] if scored else None, "tokens": scored[1] if scored else None})
-        return scored
-
-    @staticmethod
-    def _parse(resp: httpx.Response, latency: float) -> Completion:
-        try:
-            body = resp.json()
-            choice = body["choices"][0]
-            usage = body.get("usage") or {}
-            return Completion(output=choice["message"].get("content") or "", served_model=body.get("model"),
-                              latency_s=latency, prompt_tokens=usage.get("prompt_tokens"),
-                              completion_tokens=usage.get("completion_tokens"),
-                              finish_reason=choice.get("finish_reason"))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise EndpointError(f"malformed chat completion from the endpoint ({exc.__class__.__name__})",
-                                hint="is this an OpenAI-compatible server?") from None
-
-    async def _request(self, client: httpx.AsyncClient, method: str, path: str,
-                       body: dict[str, Any] | None) -> httpx.Response:
-        """One request with retries: back-off (honouring Retry-After) on 429, 5xx and timeouts."""
-        problem = ""
-        for attempt in range(self.max_retries + 1):
-            try:
-                resp = await client.request(method, path, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                problem, retry_after = exc.__class__.__name__, None
-            else:
-                if resp.status_code < 400:
-                    return resp
-                if resp.status_code not in RETRY_STATUS:
-                    model = (body or {}).get("model")
-                    raise EndpointError(
-                        f"{self.endpoint}{path} answered {resp.status_code}"
-                        f"{f' for model {model!r}' if model else ''}: {_error_text(resp)}",
-                        hint="check the target name, the API key and the endpoint URL")
-                problem, retry_after = f"HTTP {resp.status_code}", resp.headers.get("retry-after")
-            if attempt < self.max_retries:
-                await asyncio.sleep(self._delay(attempt, retry_after))
-        raise EndpointError(f"{self.endpoint}{path} failed {self.max_retries + 1} times (last: {problem})",
-                            hint="the partial run is cached; rerun the same command to resume")
-
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), 30.0)
-            except ValueError:
-                pass
-        return self.backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)
+def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
+                    manifest: Manifest) -> RunResults:
+    """Score a run's outputs and write results, per-sample scores and both reports."""
+    scored = score_run(suite, samples, outputs, manifest.models)
+    st = suite.stats
+    results = RunResults(run_id=manifest.run_id, suite=suite.name, created_at=manifest.created_at,
+                         endpoint=manifest.endpoint, baseline=suite.baseline_target, samples=len(samples),
+                         confidence=st.confidence, resamples=st.resamples, seed=st.seed,
+                         targets={t: s.result for t, s in scored.targets.items()}, comparisons=scored.comparisons,
+                         gates=scored.gates, passed=scored.passed, bias=scored.bias)
+    rows = per_sample_rows(samples, scored.targets)
+    store.write_scores(rows)
+    store.write_results(results)
+    store.write_text("report.md", render_markdown(results))
+    store.write_text("report.html", render_html(results, samples, outputs, rows, primary=primary_metric(suite)))
+    return results
 
 
-def reference_nll(prompt_logprobs: Any, reference: str) -> tuple[float, int] | None:
-    """Sum of -logprob over the last prompt tokens that together spell the reference.
+def primary_metric(suite: Suite) -> str | None:
+    """The metric worst samples are ranked by: the first gated one, else the first listed."""
+    if suite.gates:
+        return suite.gates[0].metric
+    first = suite.metrics[0]
+    name = first if isinstance(first, str) else next(iter(first))
+    return {"rouge": "rougeL", "classification": "label_f1"}.get(name, name)
 
-    `prompt_logprobs` is vLLM's list (None for the first token) of {token_id: {logprob, decoded_token}}
-    holding the prompt token itself; the chat template ends with the reference, so we walk back from
-    the end until the decoded text covers it.
-    """
-    if not isinstance(prompt_logprobs, list) or not reference.strip():
-        return None
-    target = reference.strip()
-    text, nll = "", 0.0
-    for count, entry in enumerate(reversed(prompt_logprobs), start=1):
-        if not isinstance(entry, dict) or not entry:
-            return None
-        info = next(iter(entry.values()))
-        text = (info.get("decoded_token") or "") + text
-        nll -= float(info["logprob"])
-        if len(text.strip()) >= len(target):
-            return nll, count
-    return None
+
+def per_sample_rows(samples: list[Sample], scored: dict[str, TargetScores]) -> list[dict[str, Any]]:
+    rows = []
+    for target, s in scored.items():
+        for i, sample in enumerate(samples):
+            row: dict[str, Any] = {"target": target, "id": sample.id,
+                                   "scores": {n: float(m.per_sample[i]) for n, m in s.metrics.items()}}
+            if s.pred_labels is not None:
+                row["label"] = s.pred_labels[i]
+            rows.append(row)
+    return rows
+
+
+def rescore(run_dir: Path, suite: Suite | None = None) -> RunResults:
+    """Recompute metrics and gates of a stored run (optionally with a changed suite); no generation."""
+    store = RunStore(run_dir)
+    manifest = store.manifest()
+    suite = suite or suite_from_dict(manifest.suite)
+    outputs = store.outputs()
+    missing = [t for t in suite.targets if t not in outputs]
+    if missing:
+        raise ConfigError(f"{run_dir}: no outputs for target(s) {', '.join(missing)}",
+                          hint="rescore only the targets the run generated, or run the suite again")
+    samples = store.samples()
+    incomplete = [t for t in suite.targets if len(outputs[t]) < len(samples)]
+    if incomplete:
+        raise ConfigError(f"{run_dir}: run is partial for {', '.join(incomplete)}",
+                          hint="resume it with the same `eval run` command (cached answers are reused)")
+    return score_and_write(store, suite, samples, outputs, manifest)

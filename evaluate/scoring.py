@@ -9,13 +9,13 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from lorafleet.evaluate.client import Completion
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.gates import apply_gates
 from lorafleet.evaluate.metrics import MetricResult, compute_metrics
 from lorafleet.evaluate.metrics.perplexity import perplexity
 from lorafleet.evaluate.metrics.squad import normalize_answer, token_f1_one
-from lorafleet.evaluate.results import BiasTarget, Comparison, MetricScore, TargetResult, Usage
-from lorafleet.evaluate.runner import Completion
+from lorafleet.evaluate.results import BiasTarget, Comparison, GateResult, MetricScore, TargetResult, Usage
 from lorafleet.evaluate.stats import bootstrap_ci, mcnemar, paired_bootstrap
 from lorafleet.evaluate.suite import Extraction, Suite
 
@@ -156,8 +156,22 @@ def bias_gaps(samples: list[Sample], scores: TargetScores, outputs: dict[str, Co
                       output_similarity=float(np.mean(similarity)), label_flip_rate=flips, metric_gaps=gaps)
 
 
-def score_all(suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
-              models: dict[str, str]) -> tuple[dict[str, TargetScores], list[Comparison], list, dict | None]:
+@dataclass
+class Scored:
+    """A whole run scored: per-target scores, paired comparisons, gate results and bias gaps."""
+
+    targets: dict[str, TargetScores]
+    comparisons: list[Comparison]
+    gates: list[GateResult]
+    bias: dict[str, BiasTarget] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+
+def score_run(suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
+              models: dict[str, str]) -> Scored:
     """Per-target scores, comparisons, gate results and bias gaps for a whole run."""
     suite = with_labels(suite, samples)
     gold = gold_labels(suite, samples)
@@ -169,4 +183,4 @@ def score_all(suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, 
     bias = None
     if suite.counterfactual:
         bias = {t: b for t, s in scored.items() if (b := bias_gaps(samples, s, outputs[t])) is not None}
-    return scored, comparisons, gates, bias
+    return Scored(targets=scored, comparisons=comparisons, gates=gates, bias=bias)

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lorafleet.evaluate.client import Completion
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.results import RunResults
-from lorafleet.evaluate.runner import Completion
 from pydantic import BaseModel, Field, ValidationError
 
 from lorafleet.errors import ConfigError

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from lorafleet.evaluate.client import Completion
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.report.markdown import fmt
 from lorafleet.evaluate.results import RunResults
-from lorafleet.evaluate.runner import Completion
 
 BAR_W, CHART_H, PAD = 46, 140, 28
 COLOURS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948"]

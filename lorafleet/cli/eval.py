@@ -40,7 +40,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json instead of the table.")] = False,
 ) -> int:
     """Generate for every target, score, compare, apply gates and write the run."""
-    from lorafleet.evaluate.pipeline import RunOptions, run_suite
+    from lorafleet.evaluate.runner import RunOptions, run_suite
     from lorafleet.evaluate.suite import load_suite
     from lorafleet.registry import Registry
 
@@ -153,7 +153,7 @@ def rescore(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> int:
     """Recompute metrics and gates of a stored run, without generating."""
-    from lorafleet.evaluate.pipeline import rescore as do_rescore
+    from lorafleet.evaluate.runner import rescore as do_rescore
     from lorafleet.evaluate.suite import load_suite
 
     results = do_rescore(run_dir, load_suite(suite_path) if suite_path else None)
@@ -192,8 +192,8 @@ def report(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
     """Render a stored run's report."""
-    from lorafleet.evaluate.pipeline import primary_metric
     from lorafleet.evaluate.report import render_html, render_markdown
+    from lorafleet.evaluate.runner import primary_metric
     from lorafleet.evaluate.store import RunStore
     from lorafleet.evaluate.suite import suite_from_dict
     from lorafleet.fsutil import atomic_write_text

@@ -63,7 +63,7 @@ def test_eval_base_vs_adapter_through_the_gateway(gateway, tmp_path: Path, capsy
 def test_example_suites_run_through_the_gateway(gateway, tmp_path: Path, name: str) -> None:
     """Each shipped suite on its real dataset (1 sample), with pirate@prod standing in for the task
     adapter (the task adapters are trained by `make demo`, not in tests)."""
-    from lorafleet.evaluate.pipeline import RunOptions, run_suite
+    from lorafleet.evaluate.runner import RunOptions, run_suite
     from lorafleet.evaluate.suite import load_suite
 
     path = REPO / "examples" / "suites" / f"{name}.yaml"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from lorafleet.evaluate.pipeline import RunOptions, run_suite
+from lorafleet.evaluate.runner import RunOptions, run_suite
 from lorafleet.evaluate.store import RunStore
 from lorafleet.evaluate.suite import load_suite
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 from lorafleet.evaluate.dataset import load_samples
-from lorafleet.evaluate.pipeline import RunOptions, run_suite
 from lorafleet.evaluate.review_push import push, push_to_queues, review_items
+from lorafleet.evaluate.runner import RunOptions, run_suite
 from lorafleet.evaluate.store import RunStore
 from lorafleet.evaluate.suite import Suite, load_suite
 

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
-from lorafleet.evaluate.pipeline import RunOptions, run_suite
-from lorafleet.evaluate.runner import reference_nll
+from lorafleet.evaluate.client import reference_nll
+from lorafleet.evaluate.runner import RunOptions, run_suite
 from lorafleet.evaluate.suite import load_suite
 
 from tests.unit.evaluate.conftest import intent_rows, write_jsonl

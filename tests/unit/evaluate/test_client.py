@@ -1,4 +1,4 @@
-"""The runner against the fake OpenAI server over real loopback HTTP."""
+"""The eval client against the fake OpenAI server over real loopback HTTP."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from lorafleet.evaluate.cache import ResponseCache, cache_key
+from lorafleet.evaluate.client import EndpointError, EvalClient, api_root
 from lorafleet.evaluate.dataset import Sample
-from lorafleet.evaluate.runner import EndpointError, Runner, api_root
 
 from lorafleet.formats import Message
 from tests.fakes.openai_eval_server import RunningServer, free_port
@@ -27,7 +27,7 @@ def test_api_root_accepts_v1_suffix() -> None:
 
 def test_generates_in_order_and_records_the_served_version(fake: RunningServer) -> None:
     fake.state.answers["intents@latest"] = {"question 1": "one"}
-    out = asyncio.run(Runner(fake.url, concurrency=3).generate("intents@latest", samples(5), PARAMS))
+    out = asyncio.run(EvalClient(fake.url, concurrency=3).generate("intents@latest", samples(5), PARAMS))
     assert list(out) == ["s0", "s1", "s2", "s3", "s4"]
     assert out["s1"].output == "one"
     assert out["s0"].served_model == "intents@v3"
@@ -38,18 +38,18 @@ def test_generates_in_order_and_records_the_served_version(fake: RunningServer) 
 
 def test_concurrency_is_bounded(fake: RunningServer) -> None:
     fake.state.delay_s = 0.05
-    asyncio.run(Runner(fake.url, concurrency=3).generate("fake-base", samples(12), PARAMS))
+    asyncio.run(EvalClient(fake.url, concurrency=3).generate("fake-base", samples(12), PARAMS))
     assert fake.state.max_in_flight == 3
 
 
 def test_resolves_base_from_the_model_list(fake: RunningServer) -> None:
-    assert asyncio.run(Runner(fake.url + "/v1").resolve_base()) == "fake-base"
+    assert asyncio.run(EvalClient(fake.url + "/v1").resolve_base()) == "fake-base"
 
 
 def test_gateway_aliases_are_pinned_and_cache_follows_an_alias_move(fake: RunningServer, tmp_path: Path) -> None:
     fake.state.adapters.append("intents@v4")
     fake.state.pins = {"intents@latest": "v3"}
-    runner = Runner(fake.url, cache=ResponseCache(tmp_path / "c.sqlite"))
+    runner = EvalClient(fake.url, cache=ResponseCache(tmp_path / "c.sqlite"))
     models = asyncio.run(runner.resolve_targets(["base", "intents@latest", "intents@v2"], base="base",
                                                 base_model=None))
     assert models == {"base": "fake-base", "intents@latest": "intents@v3", "intents@v2": "intents@v2"}
@@ -64,13 +64,13 @@ def test_gateway_aliases_are_pinned_and_cache_follows_an_alias_move(fake: Runnin
 
 def test_a_pin_to_an_unlisted_version_is_ignored(fake: RunningServer) -> None:
     fake.state.pins = {"intents@latest": "v9"}
-    models = asyncio.run(Runner(fake.url).resolve_targets(["intents@latest"], base="base", base_model=None))
+    models = asyncio.run(EvalClient(fake.url).resolve_targets(["intents@latest"], base="base", base_model=None))
     assert models == {"intents@latest": "intents@latest"}
 
 
 def test_retries_429_and_5xx_then_succeeds(fake: RunningServer) -> None:
     fake.state.fail_next = [429, 503, 500]
-    out = asyncio.run(Runner(fake.url, concurrency=1, backoff_s=0.01).generate("fake-base", samples(2), PARAMS))
+    out = asyncio.run(EvalClient(fake.url, concurrency=1, backoff_s=0.01).generate("fake-base", samples(2), PARAMS))
     assert len(out) == 2
     assert len(fake.state.requests) == 5
 
@@ -78,13 +78,13 @@ def test_retries_429_and_5xx_then_succeeds(fake: RunningServer) -> None:
 def test_gives_a_clear_error_after_the_retries(fake: RunningServer) -> None:
     fake.state.fail_next = [502] * 10
     with pytest.raises(EndpointError, match="failed 3 times.*HTTP 502") as exc:
-        asyncio.run(Runner(fake.url, max_retries=2, backoff_s=0.01).generate("fake-base", samples(1), PARAMS))
+        asyncio.run(EvalClient(fake.url, max_retries=2, backoff_s=0.01).generate("fake-base", samples(1), PARAMS))
     assert "resume" in exc.value.hint
 
 
 def test_timeouts_are_retried_then_reported(fake: RunningServer) -> None:
     fake.state.delay_s = 0.5
-    runner = Runner(fake.url, max_retries=1, backoff_s=0.01, timeout_s=0.1)
+    runner = EvalClient(fake.url, max_retries=1, backoff_s=0.01, timeout_s=0.1)
     with pytest.raises(EndpointError, match="failed 2 times.*ReadTimeout"):
         asyncio.run(runner.generate("fake-base", samples(1), PARAMS))
     assert len(fake.state.requests) == 2
@@ -92,27 +92,27 @@ def test_timeouts_are_retried_then_reported(fake: RunningServer) -> None:
 
 def test_unknown_model_fails_at_once_with_the_servers_message(fake: RunningServer) -> None:
     with pytest.raises(EndpointError, match="404 for model 'nope'.*not found"):
-        asyncio.run(Runner(fake.url, backoff_s=0.01).generate("nope", samples(3), PARAMS))
+        asyncio.run(EvalClient(fake.url, backoff_s=0.01).generate("nope", samples(3), PARAMS))
     assert len(fake.state.requests) <= 3
 
 
 def test_bad_key_is_not_retried(fake: RunningServer) -> None:
     fake.state.api_key = "right"
     with pytest.raises(EndpointError, match="401"):
-        asyncio.run(Runner(fake.url, api_key="wrong").generate("fake-base", samples(1), PARAMS))
-    out = asyncio.run(Runner(fake.url, api_key="right").generate("fake-base", samples(1), PARAMS))
+        asyncio.run(EvalClient(fake.url, api_key="wrong").generate("fake-base", samples(1), PARAMS))
+    out = asyncio.run(EvalClient(fake.url, api_key="right").generate("fake-base", samples(1), PARAMS))
     assert out["s0"].output.startswith("fake-base says")
 
 
 def test_unreachable_endpoint_is_an_endpoint_error() -> None:
-    runner = Runner(f"http://127.0.0.1:{free_port()}", max_retries=1, backoff_s=0.01, timeout_s=2)
+    runner = EvalClient(f"http://127.0.0.1:{free_port()}", max_retries=1, backoff_s=0.01, timeout_s=2)
     with pytest.raises(EndpointError, match="ConnectError"):
         asyncio.run(runner.generate("m", samples(1), PARAMS))
 
 
 def test_cache_serves_repeats_and_keys_on_params(fake: RunningServer, tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path / "cache.sqlite")
-    runner = Runner(fake.url, cache=cache)
+    runner = EvalClient(fake.url, cache=cache)
     first = asyncio.run(runner.generate("fake-base", samples(4), PARAMS))
     again = asyncio.run(runner.generate("fake-base", samples(4), PARAMS))
     assert len(fake.state.requests) == 4
