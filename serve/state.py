@@ -18,7 +18,8 @@ from lorafleet.serve.routing import Router
 from lorafleet.serve.upstream import ChildSupervisor, HttpUpstream, UpstreamPool
 from prometheus_client import CollectorRegistry
 
-from lorafleet.registry import Registry
+from lorafleet.errors import RegistryError
+from lorafleet.registry import Registry, VersionSummary
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +84,43 @@ class GatewayState:
         return target.served_name
 
     def catalog(self, key: KeyInfo) -> list[dict[str, Any]]:
-        """OpenAI model cards: the base, then every ref of every adapter this key may use."""
+        """OpenAI model cards: the base, then each ref of each adapter this key may use, once.
+
+        A version lists as `kind: adapter`; a plain alias (and the bare name, i.e. `latest`) as
+        `kind: adapter` with the version it points at; a weighted alias as `kind: alias` with its
+        `versions` and weights, since no single version answers for it (a client evaluating it
+        must try each version)."""
         base = self.router.base_name
         cards = [_card(base, None, {"kind": "base"})]
+        by_name: dict[str, list[VersionSummary]] = {}
         for row in self.registry.summaries():
-            if row.error or row.version == "-":
-                continue
-            refs = [f"{row.name}@{row.version}", *(f"{row.name}@{a}" for a in row.aliases)]
-            if "latest" in row.aliases:
-                refs.insert(0, row.name)
-            for ref in refs:
-                if key.allows(ref):
-                    cards.append(_card(ref, base, {"kind": "adapter", "adapter": row.name,
-                                                   "version": row.version, "aliases": row.aliases}))
+            if not row.error and row.version != "-":
+                by_name.setdefault(row.name, []).append(row)
+        for name, rows in by_name.items():
+            aliases_of_version = {row.version: row.aliases for row in rows}
+            entries: list[tuple[str, dict[str, Any]]] = []
+            for version in aliases_of_version:
+                entries.append((f"{name}@{version}", _version_info(name, version, aliases_of_version)))
+            try:
+                aliases = self.registry.aliases(name)
+            except RegistryError:  # summaries() already reports it; list the versions alone
+                aliases = {}
+            for alias, target in aliases.items():
+                if isinstance(target, str):
+                    if target in aliases_of_version:
+                        entries.append((f"{name}@{alias}", _version_info(name, target, aliases_of_version)))
+                else:
+                    entries.append((f"{name}@{alias}", {"kind": "alias", "adapter": name, "alias": alias,
+                                                        "versions": dict(target)}))
+            latest = aliases.get("latest")
+            if isinstance(latest, str) and latest in aliases_of_version:
+                entries.insert(0, (name, _version_info(name, latest, aliases_of_version)))
+            cards += [_card(ref, base, info) for ref, info in entries if key.allows(ref)]
         return cards
+
+
+def _version_info(name: str, version: str, aliases_of_version: dict[str, list[str]]) -> dict[str, Any]:
+    return {"kind": "adapter", "adapter": name, "version": version, "aliases": aliases_of_version[version]}
 
 
 def _card(model_id: str, parent: str | None, info: dict[str, Any]) -> dict[str, Any]:

@@ -23,5 +23,5 @@ async def completions(request: Request, state: State, key: CurrentKey) -> Respon
 
 @router.get("/v1/models")
 async def list_models(state: State, key: CurrentKey) -> dict:
-    """The base and every adapter ref this key may use (name, name@vN, name@alias)."""
+    """The base and every adapter ref this key may use, once each (name, name@vN, name@alias)."""
     return {"object": "list", "data": state.catalog(key)}

@@ -114,6 +114,25 @@ async def test_models_lists_only_what_the_key_may_use(gw: Harness) -> None:
     assert card["lorafleet"]["version"] == "v1" and "prod" in card["lorafleet"]["aliases"]
 
 
+
+async def test_models_lists_each_ref_once_and_a_weighted_alias_with_its_versions(gw: Harness) -> None:
+    gw.state.registry.set_alias("support-intents", "canary", {"v1": 0.9, "v2": 0.1})
+    resp = await gw.client.get("/v1/models", headers={"Authorization": f"Bearer {gw.admin}"})
+    data = resp.json()["data"]
+    ids = [m["id"] for m in data]
+    assert len(ids) == len(set(ids)), ids  # was: support-intents@canary once per version
+    canary = next(m for m in data if m["id"] == "support-intents@canary")
+    assert canary["lorafleet"] == {"kind": "alias", "adapter": "support-intents", "alias": "canary",
+                                   "versions": {"v1": 0.9, "v2": 0.1}}
+    assert canary["parent"] == BASE
+    for version in ("v1", "v2"):  # each version behind it is listed as itself too
+        card = next(m for m in data if m["id"] == f"support-intents@{version}")
+        assert card["lorafleet"]["kind"] == "adapter" and "canary" in card["lorafleet"]["aliases"]
+    prod = next(m for m in data if m["id"] == "support-intents@prod")
+    assert prod["lorafleet"]["kind"] == "adapter" and prod["lorafleet"]["version"] == "v1"
+    bare = next(m for m in data if m["id"] == "support-intents")
+    assert bare["lorafleet"]["version"] == "v2"
+
 async def test_admin_api_needs_an_admin_key(gw: Harness) -> None:
     user = gw.key("*")
     resp = await gw.client.get("/admin/adapters", headers={"Authorization": f"Bearer {user}"})
