@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lorafleet.evaluate.results import RunResults
 
+from lorafleet.card import AdapterCard
 from lorafleet.errors import RegistryError
 from lorafleet.registry import Registry
 
@@ -14,6 +16,7 @@ def link_run_to_cards(registry: Registry, results: RunResults, run_path: Path) -
     """Append a summary of the run to each served version's `eval_runs`; returns the refs linked.
 
     Versions the endpoint served but this registry does not hold (another deployment) are skipped.
+    The append happens under the registry lock, so concurrent runs against one adapter all land.
     """
     linked = []
     for target, result in results.targets.items():
@@ -22,14 +25,27 @@ def link_run_to_cards(registry: Registry, results: RunResults, run_path: Path) -
                 resolved = registry.resolve(served)
             except (RegistryError, ValueError):
                 continue
-            runs = list(resolved.card.eval_runs)
-            if any(r.get("run_id") == results.run_id for r in runs):
-                continue
             gates = [g for g in results.gates if g.target == target]
-            runs.append({"run_id": results.run_id, "suite": results.suite, "target": target,
-                         "created_at": results.created_at, "path": str(Path(run_path).resolve()),
-                         "samples": results.samples, "passed": all(g.passed for g in gates),
-                         "metrics": {m: s.value for m, s in result.metrics.items()}})
-            registry.update_card(resolved.served_name, eval_runs=runs)
-            linked.append(resolved.served_name)
+            entry = {"run_id": results.run_id, "suite": results.suite, "target": target,
+                     "created_at": results.created_at, "path": str(Path(run_path).resolve()),
+                     "samples": results.samples, "passed": all(g.passed for g in gates),
+                     "metrics": {m: s.value for m, s in result.metrics.items()}}
+            if append_eval_run(registry, resolved.served_name, entry):
+                linked.append(resolved.served_name)
     return linked
+
+
+def append_eval_run(registry: Registry, ref: str, entry: dict[str, Any]) -> bool:
+    """Add `entry` to the card's eval_runs unless a run with its run_id is there; True when added."""
+    added = False
+
+    def append(card: AdapterCard) -> dict[str, Any]:
+        nonlocal added
+        # De-duplicated inside the lock: the card read here is the one that gets written.
+        if any(r.get("run_id") == entry["run_id"] for r in card.eval_runs):
+            return {}
+        added = True
+        return {"eval_runs": [*card.eval_runs, entry]}
+
+    registry.update_card_with(ref, append)
+    return added

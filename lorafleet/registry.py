@@ -300,13 +300,24 @@ class Registry:
             return doomed
 
     def update_card(self, ref: str, **fields: object) -> AdapterCard:
-        """Update what is learned after creation (metrics, eval runs, review, notes); weights never change."""
-        bad = set(fields) - MUTABLE_CARD_FIELDS
-        if bad:
-            raise RegistryError(f"card fields {sorted(bad)} are immutable", hint="register a new version instead")
+        """Update what is learned after creation (metrics, eval runs, review, notes); weights never change.
+
+        The fields replace what is there: to add to a list (eval_runs) use `update_card_with`."""
+        check_mutable(fields)
+        return self.update_card_with(ref, lambda _card: fields)
+
+    def update_card_with(self, ref: str, fn: Callable[[AdapterCard], Mapping[str, object]]) -> AdapterCard:
+        """Apply `fn` to the version's current card under the adapter's lock and write the fields it returns.
+
+        The read, `fn` and the write form one step across processes, so concurrent appenders never
+        lose each other's entries; `fn` returning {} writes nothing."""
         resolved = self.resolve(ref)
         with self._lock(resolved.name):
             card = self.card(resolved.name, resolved.version)
+            fields = dict(fn(card))
+            if not fields:
+                return card
+            check_mutable(fields)
             updated = card.model_copy(update=fields)
             AdapterCard.model_validate(updated.model_dump())
             atomic_write_json(resolved.path / CARD_FILE, updated)
@@ -326,6 +337,13 @@ class Registry:
     def _write_aliases(self, name: str, aliases: dict[str, AliasTarget]) -> None:
         ordered = dict(sorted(aliases.items(), key=lambda kv: (kv[0] != "latest", kv[0])))
         atomic_write_json(self._adapter_dir(name) / ALIASES_FILE, ordered)
+
+
+def check_mutable(fields: Mapping[str, object]) -> None:
+    """Only what is learned after creation may change on a card."""
+    bad = set(fields) - MUTABLE_CARD_FIELDS
+    if bad:
+        raise RegistryError(f"card fields {sorted(bad)} are immutable", hint="register a new version instead")
 
 
 def aliases_of(aliases: Mapping[str, AliasTarget], version: str) -> list[str]:

@@ -144,6 +144,39 @@ def test_update_card_only_mutable_fields(registry: Registry, tmp_path: Path) -> 
         registry.update_card("a@v1", lora=None)
 
 
+def lock_is_held(path: Path) -> bool:
+    """Whether someone holds the registry's file lock (a second handle cannot take it)."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(path), timeout=0, is_singleton=False):
+            return False
+    except Timeout:
+        return True
+
+
+def test_update_card_with_applies_the_function_to_the_current_card_under_the_lock(registry: Registry,
+                                                                                   tmp_path: Path) -> None:
+    registry.register("a", make_peft_dir(tmp_path / "peft"), card())
+    seen = []
+
+    def add(run: str):
+        def fn(current: AdapterCard) -> dict:
+            seen.append(lock_is_held(registry.root / ".locks" / "a.lock"))
+            return {"eval_runs": [*current.eval_runs, {"run": run}]}
+        return fn
+
+    registry.update_card_with("a", add("r1"))
+    updated = registry.update_card_with("a@latest", add("r2"))
+    assert updated.eval_runs == [{"run": "r1"}, {"run": "r2"}] == registry.resolve("a@v1").card.eval_runs
+    assert seen == [True, True] and not lock_is_held(registry.root / ".locks" / "a.lock")
+    before = (registry.root / "a" / "v1" / "card.json").stat().st_mtime_ns
+    assert registry.update_card_with("a@v1", lambda c: {}).eval_runs == updated.eval_runs  # {} writes nothing
+    assert (registry.root / "a" / "v1" / "card.json").stat().st_mtime_ns == before
+    with pytest.raises(RegistryError, match="immutable"):
+        registry.update_card_with("a@v1", lambda c: {"lora": None})
+
+
 def test_eight_concurrent_imports(tmp_path: Path) -> None:
     """Eight processes importing the same name: eight distinct, complete versions."""
     src = make_peft_dir(tmp_path / "peft")
