@@ -49,3 +49,16 @@ class FormatError(LorafleetError):
         self.path = path
         self.line = line
         self.field = field
+
+
+class HeldOutError(LorafleetError):
+    """Records that match held-out (val/test/eval/review) examples would reach training.
+
+    The message lists one line per record; `matches` keeps them for callers that report them.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, matches: list | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.matches = list(matches or [])

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from datasketch import MinHash, MinHashLSH
-from lorafleet.train.data.text import normalise
+from datasketch import MinHashLSH
 
-NUM_PERM = 128
-SEED = 1
+from lorafleet.textsig import NUM_PERM, SEED, minhash, shingles
 
-
-def shingles(text: str, n: int = 3) -> set[bytes]:
-    words = normalise(text).split()
-    if len(words) < n:
-        return {" ".join(words).encode("utf-8")}
-    return {" ".join(words[i:i + n]).encode("utf-8") for i in range(len(words) - n + 1)}
-
-
-def minhash(text: str) -> MinHash:
-    m = MinHash(num_perm=NUM_PERM, seed=SEED)
-    m.update_batch(list(shingles(text)))
-    return m
+__all__ = ["NUM_PERM", "SEED", "groups", "minhash", "near_duplicate_pairs", "shingles"]
 
 
 def near_duplicate_pairs(texts: Sequence[str], threshold: float = 0.8) -> list[tuple[int, int, float]]:

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 
 from lorafleet.formats import AlpacaRecord, ChatRecord, PromptCompletionRecord, Record, metadata
+from lorafleet.textsig import normalise
+
+__all__ = ["INTENT_RE", "content_hash", "normalise", "normalise_label", "prompt_text", "record_label",
+           "record_text"]
 
 INTENT_RE = re.compile(r"^\s*\[Intent:\s*([^\]]*?)\s*\]")
-_PUNCT = re.compile(r"[^\w\s]")
 _SPACE = re.compile(r"\s+")
-
-
-def normalise(text: str) -> str:
-    """Casefolded, NFKC, punctuation dropped, whitespace collapsed: what 'the same text' means."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
 def record_text(record: Record) -> str:
