@@ -54,6 +54,13 @@ class AdapterCard(BaseModel):
     eval_runs: list[dict[str, Any]] = Field(default_factory=list)
     review: dict[str, Any] = Field(default_factory=dict)
     library_versions: dict[str, str] = Field(default_factory=dict)
+    held_out: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The held-out guard's check of the training data at train time: index_version (which "
+                    "index was checked), matches (how many training records matched a held-out example), "
+                    "allowed (--allow-held-out was given), threshold (near-duplicate Jaccard), found (the first "
+                    "matches, one line each). "
+                    "Empty for imported adapters and versions trained before the guard.")
     mlflow_run_id: str | None = None
     notes: str | None = None
 

@@ -68,4 +68,5 @@ def build_card(config: TrainConfig, base: BaseInfo, result: Any, progress: Any, 
         },
         library_versions=library_versions(),
         mlflow_run_id=result.mlflow_run_id,
+        held_out=dict(result.held_out),
     )

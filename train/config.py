@@ -43,11 +43,15 @@ class TrainConfig(BaseModel):
     max_length: int = Field(default=256, ge=8)
     on_overlong: Literal["drop", "truncate", "error"] = "drop"
     allow_leakage: bool = Field(default=False, description="Train even if val rows also appear in train.")
+    allow_held_out: bool = Field(
+        default=False, description="Train even if records match held-out (val/test/eval/review) examples; "
+                                   "the card records it.")
     eval_steps: int = Field(default=25, ge=1, description="Validate (and checkpoint) every N steps.")
     patience: int = Field(default=3, ge=1, description="Early stopping: evaluations without improvement.")
     system_prompt: str | None = Field(default=None, description="Prepended to records without a system turn.")
     seed: int = 0
-    resume: bool = Field(default=False, description="Continue from the last checkpoint of this name's run.")
+    resume: bool = Field(default=False, description="Continue the latest run of this name (same config, same "
+                                                     "MLflow run) from its last checkpoint.")
     samples: int = Field(default=3, ge=0, description="Side-by-side generations printed at the end.")
     track: bool = Field(default=True, description="Log the run to the local MLflow store.")
     register_version: bool = Field(default=True, description="Register the adapter as a new version.")

@@ -5,7 +5,8 @@
 
 TRL `SFTTrainer` + PEFT LoRA (QLoRA: bitsandbytes nf4), loss on the answer tokens only
 (conversational prompt/completion rows + `completion_only_loss`), early stopping on val loss
-with the best checkpoint kept, MLflow in the local store, resumable checkpoints.
+with the best checkpoint kept, MLflow (a tracking server or the local store), a folder per run with
+resumable checkpoints, and the held-out guard before any model is loaded.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorafleet.train import dataset
+from lorafleet.train import dataset, runs
 from lorafleet.train.card import build_card
 from lorafleet.train.config import TrainConfig
 from lorafleet.train.efficacy import Sample, base_val_loss, serving_model, side_by_side, val_loss_of
 from lorafleet.train.model import CHECKPOINTING_KWARGS, check_base, load_base, load_tokenizer, lora_config, on_cpu
 from lorafleet.train.servable import check_saved_adapter, check_targets, module_names
+from lorafleet.train.settings import tracking_uri
 from lorafleet.train.tracking import Tracker
 from pydantic import BaseModel
 from rich.console import Console
@@ -35,12 +37,17 @@ from lorafleet.errors import ConfigError, RegistryError
 from lorafleet.fsutil import atomic_write_json
 from lorafleet.registry import Registry
 
+# Near-duplicate threshold (MinHash Jaccard of word 3-shingles) for the held-out guard; matches listed on the card.
+HELD_OUT_THRESHOLD = 0.8
+HELD_OUT_LISTED = 20
+
 
 class TrainResult(BaseModel):
     """What a run produced; `version` is None when registration was switched off."""
 
     name: str
     version: str | None
+    run_dir: str = ""  # this run's folder under data_dir/runs/<name>/ (lorafleet.train.runs)
     adapter_dir: str
     registry_path: str | None
     steps: int
@@ -59,21 +66,21 @@ class TrainResult(BaseModel):
     tokens_per_s: float
     mlflow_run_id: str | None
     samples: list[Sample]
+    held_out: dict[str, Any] = {}  # the guard's check, as the card records it
 
 
 def train(config: TrainConfig, settings: Settings, *, console: Console | None = None, show_progress: bool = True,
           fail_before_rename: Callable[[], None] | None = None) -> TrainResult | None:
     """Train one adapter and register it as a new immutable version (see the module docstring).
 
+    Each run gets its own folder (lorafleet.train.runs); --resume continues the latest one.
     Under `torchrun`/`accelerate launch` every process trains its share of each batch; only the main
-    process clears the run folder, tracks, saves and registers, and the others return None."""
+    process creates the run folder, tracks, saves and registers, and the others return None."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
-    base = Path(config.base or settings.base_dir)
-    check_base(base)
-    tokenizer = load_tokenizer(base)
-    train_ex, val_ex, dropped = load_examples(config, tokenizer)
-    run_dir = settings.data_dir / "runs" / config.name
+    # The data checks come first, the held-out guard among them: a refused run loads no model.
+    train_ex, val_ex = dataset.prepare(config.train, config.val, system_prompt=config.system_prompt,
+                                       allow_leakage=config.allow_leakage)
 
     import torch
     from accelerate import PartialState
@@ -83,8 +90,16 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
     # without an accelerator accelerate only forms a CPU (gloo) group when told it is on CPU.
     processes = PartialState(cpu=on_cpu())
     main = processes.is_main_process
-    with processes.main_process_first():
-        checkpoint = start_run_dir(run_dir, config, clean=main)
+    # Every process checks (no collective step, so a refusal stops each one alike, none left waiting).
+    held_out = check_held_out(config, settings.data_dir, console if main else None)
+    runs_root = settings.data_dir / "runs"
+    resumed = runs.check_resume(runs.latest_run(runs_root, config.name), config) if config.resume else None
+
+    base = Path(config.base or settings.base_dir)
+    check_base(base)
+    tokenizer = load_tokenizer(base)
+    train_ex, val_ex, dropped = apply_max_lengths(config, tokenizer, train_ex, val_ex)
+    run_dir, checkpoint = open_run(runs_root, config, resumed, processes)
 
     torch.manual_seed(config.seed)
     model = load_base(base, qlora=config.qlora, gradient_checkpointing=config.gradient_checkpointing)
@@ -92,7 +107,12 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
     check_targets(config.target_modules, base_names)
     model = get_peft_model(model, lora_config(config))
 
-    tracker = Tracker(settings.data_dir / "mlflow" if config.track and main else None, run_name=config.name)
+    tracker = Tracker(settings.data_dir / "mlflow" if config.track and main else None, run_name=config.name,
+                      uri=tracking_uri(settings), run_id=resumed.mlflow_run_id if resumed else None)
+    if tracker.note:
+        console.print(f"[yellow]warning:[/] {tracker.note}")
+    if main:
+        runs.record_mlflow_run(run_dir, tracker.run_id)
     try:
         tracker.params({**config.hyperparameters(), "train": str(config.train), "val": str(config.val),
                         "base": str(base)})
@@ -117,7 +137,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
         check_saved_adapter(adapter_dir, base_names)
         samples = side_by_side(served, tokenizer, val_ex or train_ex, config.samples)
         result = TrainResult(
-            name=config.name, version=None, adapter_dir=str(adapter_dir), registry_path=None,
+            name=config.name, version=None, run_dir=str(run_dir), adapter_dir=str(adapter_dir), registry_path=None,
             steps=trainer.state.global_step, best_step=best_step(trainer.state),
             train_loss_first=progress.train_curve[0][1] if progress.train_curve else None,
             train_loss_last=progress.train_curve[-1][1] if progress.train_curve else None,
@@ -127,6 +147,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
             wall_time_s=round(time.perf_counter() - started, 1), peak_rss_mb=peak_rss_mb(),
             cpu_time_s=cpu_time_s(),
             tokens_per_s=round(progress.tokens_per_s, 1), mlflow_run_id=tracker.run_id, samples=samples,
+            held_out=held_out,
         )
         for key in ("val_loss", "base_val_loss", "serving_val_loss", "wall_time_s", "peak_rss_mb", "tokens_per_s"):
             if getattr(result, key) is not None:
@@ -143,6 +164,54 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
         raise
 
 
+def check_held_out(config: TrainConfig, data_dir: Path, console: Console | None) -> dict[str, Any]:
+    """Refuse training records that match held-out examples (HeldOutError, exit 1) unless --allow-held-out;
+    returns what the card records. The run's --val file joins the index first: it is held out too."""
+    from lorafleet.heldout import HeldOutIndex, refusal
+
+    index = HeldOutIndex(data_dir)
+    if config.val is not None:
+        index.add_file(config.val, "val", label=f"val of {config.name}")
+    # Train/val overlap of this run is --allow-leakage's to allow; the guard then skips this val file.
+    exclude = [config.train, *([config.val] if config.allow_leakage and config.val is not None else [])]
+    matches = index.check_file(config.train, threshold=HELD_OUT_THRESHOLD, exclude_sources=exclude)
+    if console is not None and index.note:
+        console.print(f"[yellow]note:[/] {index.note}")
+    if matches and not config.allow_held_out:
+        raise refusal(matches)
+    if matches and console is not None:
+        console.print(f"[yellow]warning:[/] {len(matches)} training record(s) match held-out examples; "
+                      "training on them anyway (--allow-held-out, recorded on the card)")
+    return {"index_version": index.version(), "matches": len(matches), "allowed": config.allow_held_out,
+            "threshold": HELD_OUT_THRESHOLD, "found": [m.line() for m in matches[:HELD_OUT_LISTED]]}
+
+
+def open_run(runs_root: Path, config: TrainConfig, resumed: runs.RunInfo | None,
+             processes: Any) -> tuple[Path, str | None]:
+    """(run folder, checkpoint to resume from): the resumed run's, or a new folder that the main
+    process creates under an id it decides and shares, so every process writes to the same one."""
+    if resumed is not None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        run_dir = runs.name_dir(runs_root, config.name) / resumed.run_id
+        checkpoints = run_dir / "checkpoints"
+        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if last is None:
+            raise ConfigError(f"--resume: run {resumed.run_id} of {config.name!r} has no checkpoint under "
+                              f"{checkpoints}", hint="run without --resume to start a new run")
+        return run_dir, last
+    run_id = runs.new_run_id() if processes.is_main_process else None
+    if processes.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        run_id = broadcast_object_list([run_id], from_process=0)[0]
+    assert run_id is not None
+    if processes.is_main_process:
+        runs.create_run(runs_root, config, run_id)
+    processes.wait_for_everyone()
+    return runs.name_dir(runs_root, config.name) / run_id, None
+
+
 def register(config: TrainConfig, settings: Settings, base: Any, result: TrainResult, progress: Any, n_val: int,
              dropped: list[str], fail_before_rename: Callable[[], None] | None) -> TrainResult:
     """A new immutable version, or nothing at all: a failed save (disk full, kill) leaves no version."""
@@ -156,10 +225,9 @@ def register(config: TrainConfig, settings: Settings, base: Any, result: TrainRe
     return result.model_copy(update={"version": resolved.version, "registry_path": str(resolved.path)})
 
 
-def load_examples(config: TrainConfig, tokenizer: Any) -> tuple[list[Any], list[Any], list[str]]:
-    """Validated examples with the over-long policy applied to both splits."""
-    train_ex, val_ex = dataset.prepare(config.train, config.val, system_prompt=config.system_prompt,
-                                       allow_leakage=config.allow_leakage)
+def apply_max_lengths(config: TrainConfig, tokenizer: Any, train_ex: list[Any],
+                      val_ex: list[Any]) -> tuple[list[Any], list[Any], list[str]]:
+    """The over-long policy applied to both splits; (train, val, what was over-long)."""
     train_ex, over = dataset.apply_max_length(train_ex, dataset.token_lengths(tokenizer, train_ex),
                                               config.max_length, config.on_overlong)
     if val_ex:
@@ -167,27 +235,6 @@ def load_examples(config: TrainConfig, tokenizer: Any) -> tuple[list[Any], list[
                                                     config.max_length, config.on_overlong)
         over += val_over
     return train_ex, val_ex, over
-
-
-def start_run_dir(run_dir: Path, config: TrainConfig, *, clean: bool = True) -> str | None:
-    """The checkpoint to resume from (with --resume), else a clean run folder (`clean`: this process
-    empties it; the other processes of a multi-process run leave it to the main one)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoints = run_dir / "checkpoints"
-    if config.resume:
-        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-        if last is None:
-            raise ConfigError(f"--resume: no checkpoint of {config.name!r} under {checkpoints}",
-                              hint="run without --resume to start afresh")
-        return last
-    if not clean:
-        return None
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    atomic_write_json(run_dir / "config.json", config.model_dump(mode="json"))
-    return None
 
 
 def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: list[Any], val_ex: list[Any],

@@ -42,10 +42,15 @@ def train(
     on_overlong: Annotated[str | None, typer.Option(help="drop | truncate | error for longer examples.")] = None,
     allow_leakage: Annotated[bool | None, typer.Option(
         "--allow-leakage", help="Train although val rows are in train.")] = None,
+    allow_held_out: Annotated[bool | None, typer.Option(
+        "--allow-held-out", help="Train although records match held-out (val/test/eval/review) examples; "
+                                 "recorded on the card.")] = None,
     eval_steps: Annotated[int | None, typer.Option(help="Validate and checkpoint every N steps.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience (evaluations).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="Continue from the last checkpoint.")] = None,
+    resume: Annotated[bool | None, typer.Option(
+        "--resume", help="Continue the latest run of --name from its last checkpoint (same config, same MLflow run).")
+    ] = None,
     samples: Annotated[int | None, typer.Option(help="Side-by-side generations printed at the end.")] = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -55,13 +60,15 @@ def train(
         return
     from lorafleet.train.config import build_config, load_config
     from lorafleet.train.recipe import train as run
+    from lorafleet.train.settings import TrainSettings
 
     flags: dict[str, Any] = {
         "base": base, "train": train_file, "val": val, "name": name, "qlora": qlora, "rank": rank, "alpha": alpha,
         "target_modules": target_modules.split(",") if target_modules else None, "epochs": epochs,
         "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "max_length": max_length,
         "gradient_checkpointing": gradient_checkpointing,
-        "on_overlong": on_overlong, "allow_leakage": allow_leakage, "eval_steps": eval_steps,
+        "on_overlong": on_overlong, "allow_leakage": allow_leakage, "allow_held_out": allow_held_out,
+        "eval_steps": eval_steps,
         "patience": patience, "seed": seed, "resume": resume, "samples": samples,
         "track": False if no_track else None,
     }
@@ -72,7 +79,7 @@ def train(
         if missing:
             raise ConfigError(f"missing {' and '.join(missing)}", hint="or pass --config train.yaml")
         cfg = build_config({k: v for k, v in flags.items() if v is not None})
-    result = run(cfg, settings_from(ctx), console=err_console, show_progress=not as_json)
+    result = run(cfg, TrainSettings.from_core(settings_from(ctx)), console=err_console, show_progress=not as_json)
     if result is None:  # not the main process of a multi-process run: the main one reports
         return
     if as_json:
@@ -99,5 +106,9 @@ def show_result(result: Any) -> None:
         for s in result.samples:
             table.add_row(s.prompt, s.reference, s.base, s.adapter)
         console.print(table)
+    if result.held_out.get("matches"):
+        console.print(f"[yellow]held-out guard:[/] {result.held_out['matches']} training record(s) match held-out "
+                      "examples (--allow-held-out; recorded on the card)")
+    console.print(f"run folder {result.run_dir}")
     if result.mlflow_run_id:
         console.print(f"MLflow run {result.mlflow_run_id}")

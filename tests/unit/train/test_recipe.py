@@ -139,7 +139,8 @@ def test_failed_save_registers_nothing_then_resume_finishes(tiny_model: Path, da
     adapter_dir = settings.registry_dir / "crashy"
     assert not any(p.name.startswith("v") for p in adapter_dir.iterdir()) if adapter_dir.exists() else True
     assert not list(adapter_dir.glob(".tmp-*")) if adapter_dir.exists() else True
-    assert (settings.data_dir / "runs" / "crashy" / "checkpoints" / "checkpoint-2").is_dir()
+    run_id = (settings.data_dir / "runs" / "crashy" / "latest").read_text().strip()
+    assert (settings.data_dir / "runs" / "crashy" / run_id / "checkpoints" / "checkpoint-2").is_dir()
 
     resumed = train(config.model_copy(update={"resume": True}), settings, show_progress=False)
     # It continued from checkpoint-2 (transformers 5 may run one more step on resuming at max_steps).
