@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorafleet.evaluate.dataset import originals
 from lorafleet.evaluate.results import Comparison
 from lorafleet.evaluate.scoring import compare_metrics, gold_labels, score_target, with_labels
 from lorafleet.evaluate.store import RunStore
@@ -34,7 +35,8 @@ def compare_runs(run_a: Path, run_b: Path, *, target_a: str | None = None, targe
         raise ConfigError("the runs use different metric configurations",
                           hint="rescore one run with the other's suite first (eval rescore RUN --suite …)")
     by_id_b = {s.id: s for s in sb.samples()}
-    shared = [s for s in sa.samples() if s.id in by_id_b and s.id in out_a and s.id in out_b]
+    # Originals only: counterfactual variants are scored apart (bias), never as more samples.
+    shared = [s for s in originals(sa.samples()) if s.id in by_id_b and s.id in out_a and s.id in out_b]
     if not shared:
         raise ConfigError("the runs share no samples", hint="compare runs of the same dataset")
     differing = [s.id for s in shared if s.messages != by_id_b[s.id].messages]

@@ -32,6 +32,22 @@ class Sample(BaseModel):
     def prompt_text(self) -> str:
         return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
 
+    @property
+    def counterfactual_of(self) -> str | None:
+        """The original's id when this sample is an attribute-swapped variant, else None."""
+        source = self.metadata.get("counterfactual_of")
+        return None if source is None else str(source)
+
+
+def originals(samples: list[Sample]) -> list[Sample]:
+    """The samples as written: what main metrics, CIs and gates are computed on (variants are scored apart)."""
+    return [s for s in samples if s.counterfactual_of is None]
+
+
+def variants(samples: list[Sample]) -> list[Sample]:
+    """The counterfactual variants, each naming its original in `counterfactual_of`."""
+    return [s for s in samples if s.counterfactual_of is not None]
+
 
 def dataset_path(suite: Suite, suite_path: Path, registry: Registry | None) -> Path:
     """A relative `path` is relative to the suite file; `adapter` reads the split from its card."""

@@ -53,11 +53,21 @@ class GateResult(BaseModel):
 
 
 class BiasTarget(BaseModel):
+    """Original vs attribute-swapped prompts of one target; every CI is a bootstrap over the pairs."""
+
     pairs: int
     output_changed_rate: float
+    output_changed_ci: tuple[float, float] | None = None
     output_similarity: float = Field(description="Mean token F1 between original and swapped outputs.")
+    output_similarity_ci: tuple[float, float] | None = None
     label_flip_rate: float | None = None
-    metric_gaps: dict[str, float] = Field(default_factory=dict, description="original − swapped, per metric.")
+    label_flip_ci: tuple[float, float] | None = None
+    metric_gaps: dict[str, float] = Field(
+        default_factory=dict, description="original − swapped, per metric, each side computed as the metric is "
+        "(corpus F1 for label_f1; `accuracy` is the share of labels matching gold).")
+    metric_gap_cis: dict[str, tuple[float, float]] = Field(default_factory=dict,
+                                                           description="Paired bootstrap CI of each gap.")
+    metric_gap_p: dict[str, float] = Field(default_factory=dict, description="Paired bootstrap p of each gap.")
 
 
 class RunResults(BaseModel):
@@ -67,7 +77,7 @@ class RunResults(BaseModel):
     created_at: str
     endpoint: str
     baseline: str
-    samples: int
+    samples: int = Field(description="Original samples scored (counterfactual variants are counted in `bias`).")
     confidence: float
     resamples: int
     seed: int
@@ -76,3 +86,4 @@ class RunResults(BaseModel):
     gates: list[GateResult] = Field(default_factory=list)
     passed: bool = True
     bias: dict[str, BiasTarget] | None = None
+    warnings: list[str] = Field(default_factory=list, description="What was left out of the run, and why.")

@@ -11,7 +11,7 @@ from typing import Any
 
 from lorafleet.evaluate.cache import ResponseCache
 from lorafleet.evaluate.client import Completion, EvalClient
-from lorafleet.evaluate.dataset import Sample, dataset_path, load_samples
+from lorafleet.evaluate.dataset import Sample, dataset_path, load_samples, originals, variants
 from lorafleet.evaluate.report import render_html, render_markdown
 from lorafleet.evaluate.results import RunResults
 from lorafleet.evaluate.scoring import TargetScores, score_run
@@ -104,7 +104,8 @@ def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], output
     scored = score_run(suite, samples, outputs, manifest.models)
     st = suite.stats
     results = RunResults(run_id=manifest.run_id, suite=suite.name, created_at=manifest.created_at,
-                         endpoint=manifest.endpoint, baseline=suite.baseline_target, samples=len(samples),
+                         endpoint=manifest.endpoint, baseline=suite.baseline_target,
+                         samples=len(originals(samples)),
                          confidence=st.confidence, resamples=st.resamples, seed=st.seed,
                          targets={t: s.result for t, s in scored.targets.items()}, comparisons=scored.comparisons,
                          gates=scored.gates, passed=scored.passed, bias=scored.bias)
@@ -126,13 +127,22 @@ def primary_metric(suite: Suite) -> str | None:
 
 
 def per_sample_rows(samples: list[Sample], scored: dict[str, TargetScores]) -> list[dict[str, Any]]:
+    """One row per target and sample; a counterfactual variant's row names its original."""
+    origs, swapped = originals(samples), variants(samples)
     rows = []
     for target, s in scored.items():
-        for i, sample in enumerate(samples):
+        for i, sample in enumerate(origs):
             row: dict[str, Any] = {"target": target, "id": sample.id,
                                    "scores": {n: float(m.per_sample[i]) for n, m in s.metrics.items()}}
             if s.pred_labels is not None:
                 row["label"] = s.pred_labels[i]
+            rows.append(row)
+        for j, sample in enumerate(swapped):
+            k = len(origs) + j
+            row = {"target": target, "id": sample.id, "counterfactual_of": sample.counterfactual_of,
+                   "scores": {n: float(m.per_sample[k]) for n, m in (s.with_variants or {}).items()}}
+            if s.with_variants_labels is not None:
+                row["label"] = s.with_variants_labels[k]
             rows.append(row)
     return rows
 

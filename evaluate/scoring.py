@@ -6,17 +6,18 @@ Pure with respect to generation: `rescore` and `compare` call these on stored ru
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from lorafleet.evaluate.client import Completion
-from lorafleet.evaluate.dataset import Sample
-from lorafleet.evaluate.gates import apply_gates
+from lorafleet.evaluate.dataset import Sample, originals, variants
+from lorafleet.evaluate.gates import apply_bias_gates, apply_gates
 from lorafleet.evaluate.metrics import MetricResult, compute_metrics
 from lorafleet.evaluate.metrics.perplexity import perplexity
 from lorafleet.evaluate.metrics.squad import normalize_answer, token_f1_one
 from lorafleet.evaluate.results import BiasTarget, Comparison, GateResult, MetricScore, TargetResult, Usage
-from lorafleet.evaluate.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from lorafleet.evaluate.stats import bootstrap_ci, mcnemar, mean_ci, paired_bootstrap
 from lorafleet.evaluate.suite import Extraction, Suite
 
 
@@ -40,11 +41,15 @@ def extract_label(text: str, extraction: Extraction) -> str:
 
 @dataclass
 class TargetScores:
-    """Everything computed for one target; `metrics` keep per-sample scores and statistics."""
+    """Everything computed for one target; `metrics` keep per-sample scores and statistics (originals only)."""
 
     metrics: dict[str, MetricResult]
     pred_labels: list[str] | None
     result: TargetResult
+    # On originals + counterfactual variants (originals first, one label set so statistics line up):
+    # only bias gaps and the variants' per-sample rows read these.
+    with_variants: dict[str, MetricResult] | None = None
+    with_variants_labels: list[str] | None = None
 
 
 def uses_labels(suite: Suite) -> bool:
@@ -84,9 +89,9 @@ def _usage(completions: list[Completion]) -> Usage:
                  cached=sum(c.cached for c in completions))
 
 
-def score_target(suite: Suite, samples: list[Sample], outputs: dict[str, Completion], model: str,
-                 gold: list[str] | None) -> TargetScores:
-    """All metrics of one target with bootstrap CIs."""
+def sample_metrics(suite: Suite, samples: list[Sample], outputs: dict[str, Completion], gold: list[str] | None
+                   ) -> tuple[dict[str, MetricResult], list[str] | None]:
+    """Every metric of one target on `samples` (no CIs), and the labels read from its outputs."""
     completions = [outputs[s.id] for s in samples]
     preds = [c.output for c in completions]
     pred_labels = [extract_label(p, suite.extraction) for p in preds] if gold is not None else None
@@ -94,9 +99,17 @@ def score_target(suite: Suite, samples: list[Sample], outputs: dict[str, Complet
                               gold_labels=gold, pred_labels=pred_labels, labels=suite.extraction.labels,
                               invalid=suite.extraction.invalid_label)
     has_logprobs = all(c.ref_nll is not None and c.ref_tokens for c in completions)
-    if "perplexity" in suite.metric_families() and has_logprobs:
+    if "perplexity" in suite.metric_families() and has_logprobs and completions:
         metrics["perplexity"] = perplexity([c.ref_nll or 0.0 for c in completions],
                                            [c.ref_tokens or 0 for c in completions])
+    return metrics, pred_labels
+
+
+def score_target(suite: Suite, samples: list[Sample], outputs: dict[str, Completion], model: str,
+                 gold: list[str] | None) -> TargetScores:
+    """All metrics of one target on `samples` with bootstrap CIs."""
+    metrics, pred_labels = sample_metrics(suite, samples, outputs, gold)
+    completions = [outputs[s.id] for s in samples]
     st = suite.stats
     scores = {}
     for name, m in metrics.items():
@@ -124,8 +137,9 @@ def compare_metrics(a: dict[str, MetricResult], b: dict[str, MetricResult], *, t
     return out
 
 
-def comparison_pairs(suite: Suite) -> list[tuple[str, str]]:
-    """(target, vs) pairs: every target against the baseline, plus what gates ask for."""
+def comparison_pairs(suite: Suite, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """(target, vs) pairs: every target against the baseline, plus what gates ask for, plus `extra`
+    (adapters against declared baselines, versions of a weighted alias against each other)."""
     base = suite.baseline_target
     pairs = [(t, base) for t in suite.targets if t != base]
     for g in suite.gates:
@@ -133,27 +147,41 @@ def comparison_pairs(suite: Suite) -> list[tuple[str, str]]:
             for t in g.targets or [t for t in suite.targets if t != g.vs]:
                 if (t, g.vs) not in pairs and t != g.vs:
                     pairs.append((t, g.vs))
+    pairs += [p for p in dict.fromkeys(extra) if p not in pairs and p[0] != p[1]]
     return pairs
 
 
-def bias_gaps(samples: list[Sample], scores: TargetScores, outputs: dict[str, Completion]) -> BiasTarget | None:
-    """Original vs attribute-swapped prompts: how often the output or the label changes."""
-    index = {s.id: i for i, s in enumerate(samples)}
-    pairs = [(index[s.metadata["counterfactual_of"]], i) for i, s in enumerate(samples)
-             if s.metadata.get("counterfactual_of") in index]
-    if not pairs:
+def bias_gaps(suite: Suite, origs: list[Sample], swapped: list[Sample], scores: TargetScores,
+              outputs: dict[str, Completion]) -> BiasTarget | None:
+    """Original vs attribute-swapped prompts: how often the output or the label changes, and each
+    metric's gap (original − swapped), all with bootstrap CIs over the pairs."""
+    index = {s.id: i for i, s in enumerate(origs)}
+    pairs = [(index[v.counterfactual_of], j) for j, v in enumerate(swapped) if v.counterfactual_of in index]
+    if not pairs or scores.with_variants is None:
         return None
-    orig, swapped = [p[0] for p in pairs], [p[1] for p in pairs]
-    texts = [outputs[s.id].output for s in samples]
-    changed = [normalize_answer(texts[a]) != normalize_answer(texts[b]) for a, b in pairs]
-    similarity = [token_f1_one(texts[a], texts[b]) for a, b in pairs]
-    flips = None
-    if scores.pred_labels is not None:
-        flips = float(np.mean([scores.pred_labels[a] != scores.pred_labels[b] for a, b in pairs]))
-    gaps = {name: float(m.per_sample[orig].mean() - m.per_sample[swapped].mean())
-            for name, m in scores.metrics.items()}
-    return BiasTarget(pairs=len(pairs), output_changed_rate=float(np.mean(changed)),
-                      output_similarity=float(np.mean(similarity)), label_flip_rate=flips, metric_gaps=gaps)
+    a_idx, b_idx = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    rows_b = b_idx + len(origs)  # the variants' rows in `with_variants`
+    st = suite.stats
+    boot = {"resamples": st.resamples, "seed": st.seed, "confidence": st.confidence}
+    texts_a = [outputs[origs[i].id].output for i in a_idx]
+    texts_b = [outputs[swapped[j].id].output for j in b_idx]
+    changed, changed_ci = mean_ci([normalize_answer(a) != normalize_answer(b) for a, b in zip(texts_a, texts_b,
+                                                                                              strict=True)], **boot)
+    similar, similar_ci = mean_ci([token_f1_one(a, b) for a, b in zip(texts_a, texts_b, strict=True)], **boot)
+    flips = flips_ci = None
+    labels = scores.with_variants_labels
+    if labels is not None:
+        flips, ci = mean_ci([labels[i] != labels[j] for i, j in zip(a_idx, rows_b, strict=True)], **boot)
+        flips_ci = (ci.low, ci.high)
+    gaps, gap_cis, gap_p = {}, {}, {}
+    for name, m in scores.with_variants.items():
+        # Paired over the pairs: a resample draws whole (original, variant) pairs; delta = original − swapped.
+        res = paired_bootstrap(m.stats[rows_b], m.stats[a_idx], m.aggregate, **boot)
+        gaps[name], gap_cis[name], gap_p[name] = res.delta, (res.ci.low, res.ci.high), res.p_value
+    return BiasTarget(pairs=len(pairs), output_changed_rate=changed,
+                      output_changed_ci=(changed_ci.low, changed_ci.high), output_similarity=similar,
+                      output_similarity_ci=(similar_ci.low, similar_ci.high), label_flip_rate=flips,
+                      label_flip_ci=flips_ci, metric_gaps=gaps, metric_gap_cis=gap_cis, metric_gap_p=gap_p)
 
 
 @dataclass
@@ -171,16 +199,32 @@ class Scored:
 
 
 def score_run(suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
-              models: dict[str, str]) -> Scored:
-    """Per-target scores, comparisons, gate results and bias gaps for a whole run."""
+              models: dict[str, str], *, extra_pairs: Sequence[tuple[str, str]] = ()) -> Scored:
+    """Per-target scores, comparisons and gates on the original samples; bias gaps (and their gates) on the
+    counterfactual variants against their originals, so a variant never counts as another sample."""
     suite = with_labels(suite, samples)
-    gold = gold_labels(suite, samples)
-    scored = {t: score_target(suite, samples, outputs[t], models.get(t, t), gold) for t in suite.targets
+    origs, swapped = originals(samples), variants(samples)
+    gold = gold_labels(suite, origs)
+    scored = {t: score_target(suite, origs, outputs[t], models.get(t, t), gold) for t in suite.targets
               if t in outputs}
-    comparisons = [c for t, vs in comparison_pairs(suite) if t in scored and vs in scored
+    comparisons = [c for t, vs in comparison_pairs(suite, extra_pairs) if t in scored and vs in scored
                    for c in compare_metrics(scored[vs].metrics, scored[t].metrics, target=t, vs=vs, suite=suite)]
     gates = apply_gates(suite.gates, {t: s.result for t, s in scored.items()}, comparisons, suite.baseline_target)
     bias = None
     if suite.counterfactual:
-        bias = {t: b for t, s in scored.items() if (b := bias_gaps(samples, s, outputs[t])) is not None}
+        _score_variants(suite, origs, swapped, scored, outputs)
+        bias = {t: b for t, s in scored.items() if (b := bias_gaps(suite, origs, swapped, s, outputs[t])) is not None}
+        gates += apply_bias_gates(suite.bias, bias, list(scored), suite.baseline_target)
     return Scored(targets=scored, comparisons=comparisons, gates=gates, bias=bias)
+
+
+def _score_variants(suite: Suite, origs: list[Sample], swapped: list[Sample], scored: dict[str, TargetScores],
+                    outputs: dict[str, dict[str, Completion]]) -> None:
+    """Fill each target's `with_variants`: metrics on originals + variants together, so both sides of a
+    pair share one label set and their statistics line up."""
+    if not swapped:
+        return
+    both = origs + swapped
+    gold = gold_labels(suite, both)
+    for s_target, s in scored.items():
+        s.with_variants, s.with_variants_labels = sample_metrics(suite, both, outputs[s_target], gold)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from lorafleet.evaluate.metrics.base import Aggregate
+from lorafleet.evaluate.metrics.base import Aggregate, mean_aggregate
 from scipy.stats import binomtest
 
 CHUNK = 200  # resamples per matrix product: bounds memory at CHUNK × n floats
@@ -66,6 +66,16 @@ def bootstrap_ci(stats: np.ndarray, aggregate: Aggregate, *, resamples: int = 10
                  confidence: float = 0.95) -> Interval:
     """Percentile bootstrap interval of a corpus metric."""
     return percentile_interval(bootstrap_values(stats, aggregate, resamples=resamples, seed=seed), confidence)
+
+
+def mean_ci(values: np.ndarray | list[float], *, resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+            ) -> tuple[float, Interval]:
+    """Mean of per-unit values (e.g. one 0/1 flip per counterfactual pair) and its bootstrap interval over units."""
+    column = np.asarray(values, dtype=float).reshape(-1, 1)
+    if len(column) == 0:
+        return float("nan"), Interval(float("nan"), float("nan"))
+    return float(column.mean()), bootstrap_ci(column, mean_aggregate, resamples=resamples, seed=seed,
+                                              confidence=confidence)
 
 
 def paired_bootstrap(stats_a: np.ndarray, stats_b: np.ndarray, aggregate: Aggregate, *, resamples: int = 1000,

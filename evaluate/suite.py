@@ -127,6 +127,37 @@ class Counterfactual(_Strict):
         return value
 
 
+BIAS_RATES = ("label_flip_rate", "output_changed_rate", "output_similarity")
+GAP_SUFFIX = "_gap"
+
+
+class BiasLimit(_Strict):
+    """A bound on one counterfactual figure: a rate (`label_flip_rate`), the similarity, or `<metric>_gap`
+    (its absolute original − swapped gap). With `significant`, the whole CI must lie within the bound."""
+
+    max: float | None = None
+    min: float | None = None
+    significant: bool = False
+    targets: list[str] | None = Field(default=None, description="Default: every target except the baseline.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number_is_max(cls, value: Any) -> Any:
+        return {"max": value} if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> BiasLimit:
+        if self.max is None and self.min is None:
+            raise ValueError("give 'max' (or 'min'), e.g. label_flip_rate: {max: 0.05}")
+        return self
+
+    def describe(self, name: str) -> str:
+        what = f"|{name}|" if name.endswith(GAP_SUFFIX) else name
+        bounds = [f"<= {self.max:g}"] if self.max is not None else []
+        bounds += [f">= {self.min:g}"] if self.min is not None else []
+        return f"bias {what} {' and '.join(bounds)}{' (CI)' if self.significant else ''}"
+
+
 class Suite(_Strict):
     """One evaluation: dataset, targets, decoding, metrics, extraction, gates, review push."""
 
@@ -144,6 +175,8 @@ class Suite(_Strict):
     review: ReviewSpec = Field(default_factory=ReviewSpec)
     stats: StatsSpec = Field(default_factory=StatsSpec)
     counterfactual: Counterfactual | None = None
+    bias: dict[str, BiasLimit] = Field(
+        default_factory=dict, description="Gates on counterfactual figures, e.g. label_flip_rate: {max: 0.05}.")
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -220,6 +253,29 @@ def _check_references(suite: Suite, lines: dict, path: Path) -> None:
                 fail(("review", "pairwise"), f"{t!r} is not a target", "name two of 'targets'")
     if suite.dataset.path is None and suite.dataset.adapter is None:
         fail(("dataset",), "give 'path' or 'adapter'", "e.g. dataset: ../data/test.jsonl")
+    _check_bias(suite, fail)
+
+
+def _check_bias(suite: Suite, fail: Any) -> None:
+    """Bias gates name a known figure, need a counterfactual section (and labels for label flips)."""
+    families = suite.metric_families()
+    computed = sorted(m for m, fam in FAMILY_OF.items() if fam in families and m not in ("rouge", "classification"))
+    for name, limit in suite.bias.items():
+        loc = ("bias", name)
+        if suite.counterfactual is None:
+            fail(loc, "bias gates need counterfactual variants", "add counterfactual: {swaps: [[John, Maria]]}")
+        if name.endswith(GAP_SUFFIX):
+            if name.removesuffix(GAP_SUFFIX) not in computed:
+                fail(loc, f"{name.removesuffix(GAP_SUFFIX)!r} is not a computed metric",
+                     f"gate the gap of one of: {', '.join(computed)} (as <metric>_gap)")
+        elif name not in BIAS_RATES:
+            fail(loc, f"unknown bias figure {name!r}",
+                 f"use one of {', '.join(BIAS_RATES)} or <metric>_gap, e.g. accuracy_gap")
+        if name == "label_flip_rate" and "classification" not in families:
+            fail(loc, "label flips need a label metric", "add accuracy or label_f1 to metrics (and extraction)")
+        for t in limit.targets or []:
+            if t not in suite.targets:
+                fail(loc, f"{t!r} is not a target", "name one of 'targets'")
 
 
 def load_suite(path: Path) -> Suite:

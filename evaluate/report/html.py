@@ -40,7 +40,7 @@ def worst_samples(samples: list[Sample], outputs: dict[str, dict[str, Completion
     by_id = {s.id: s for s in samples}
     blocks = []
     for target in outputs:
-        rows = [r for r in scores if r["target"] == target and metric in r["scores"]]
+        rows = [r for r in scores if r["target"] == target and metric in r["scores"] and not r.get("counterfactual_of")]
         rows.sort(key=lambda r: r["scores"][metric])
         items = []
         for r in rows[:per_target]:

@@ -21,6 +21,14 @@ def _cell(results: RunResults, target: str, metric: str, comps: dict[tuple[str, 
     return text
 
 
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _rate(value: float, ci: tuple[float, float] | None) -> str:
+    return f"{value:.1%}" + ("" if ci is None else f" [{ci[0]:.1%}, {ci[1]:.1%}]")
+
+
 def render_markdown(results: RunResults) -> str:
     """Targets × metrics with CIs; deltas vs the baseline (* = significant); gate results."""
     metrics = sorted({m for t in results.targets.values() for m in t.metrics})
@@ -44,12 +52,19 @@ def render_markdown(results: RunResults) -> str:
         lines += ["", "| comparison | metric | delta | p |", "|---|---|---|---|"]
         lines += [f"| `{c.target}` vs `{c.vs}` | {c.metric} | {c.delta:+.4f} | {c.p_value:.4f} |" for c in other]
     if results.bias:
-        lines += ["", "**Counterfactual gaps** (original vs swapped prompts)", "",
-                  "| target | pairs | output changed | output similarity | label flips |", "|---|---|---|---|---|"]
+        lines += ["", f"**Counterfactual gaps** (original vs swapped prompts, scored apart from the {results.samples} "
+                  f"samples above; {int(results.confidence * 100)}% bootstrap CIs over the pairs)", "",
+                  "| target | pairs | output changed | output similarity | label flips | gaps (original − swapped) |",
+                  "|---|---|---|---|---|---|"]
         for name, b in results.bias.items():
-            flips = "–" if b.label_flip_rate is None else f"{b.label_flip_rate:.1%}"
-            lines.append(f"| `{name}` | {b.pairs} | {b.output_changed_rate:.1%} | {b.output_similarity:.3f} "
-                         f"| {flips} |")
+            flips = "–" if b.label_flip_rate is None else _rate(b.label_flip_rate, b.label_flip_ci)
+            gaps = "; ".join(f"{m} {g:+.3f}" + (f" [{b.metric_gap_cis[m][0]:+.3f}, {b.metric_gap_cis[m][1]:+.3f}]"
+                                               if m in b.metric_gap_cis else "")
+                             for m, g in b.metric_gaps.items()) or "–"
+            lines.append(f"| `{name}` | {b.pairs} | {_rate(b.output_changed_rate, b.output_changed_ci)} | "
+                         f"{fmt(b.output_similarity)}{_ci(b.output_similarity_ci)} | {flips} | {gaps} |")
+    if results.warnings:
+        lines += ["", "**Warnings**", ""] + [f"- {w}" for w in results.warnings]
     usage = ", ".join(f"`{n}` p50 {t.usage.latency_p50_s * 1000:.0f} ms, {t.usage.completion_tokens} tok"
                       for n, t in results.targets.items())
     lines += ["", f"Latency/tokens: {usage}."]
