@@ -84,4 +84,4 @@ def test_example_suites_run_through_the_gateway(gateway, tmp_path: Path, name: s
     if suite.gates:
         assert results.gates and not results.passed  # a pirate is no intent classifier or summariser
     if name == "bias-counterfactual":
-        assert results.samples == 2 and results.bias["base"].pairs == 1
+        assert results.samples == 1 and results.bias["base"].pairs == 1  # the variant is scored apart
