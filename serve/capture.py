@@ -10,12 +10,12 @@ import logging
 import random
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 from lorafleet.serve.metrics import Metrics
 
-from lorafleet.samples import AsyncSampleSink, ReviewClient, ReviewItem
+from lorafleet.samples import AsyncSampleSink, PushResult, QueueCheck, RefusalReason, ReviewClient, ReviewItem
 
 log = logging.getLogger(__name__)
 
@@ -23,24 +23,32 @@ FLUSH_INTERVAL = 15.0
 
 
 class CountingReviewClient(ReviewClient):
-    """ReviewClient that counts what it sent and what it had to spool."""
+    """ReviewClient that counts what the app accepted, refused, what stayed spooled or was quarantined."""
 
     def __init__(self, url: str, token: str, spool: Path, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(url, token, spool, **kwargs)
         self.metrics = metrics
+        for reason in get_args(RefusalReason):  # every reason exported at 0, so increase() sees the first one
+            metrics.capture_rejected.labels(reason)
 
-    def _send(self, queue: str, items: list[ReviewItem]) -> bool:
-        ok = super()._send(queue, items)
-        if ok:
-            self.metrics.capture_sent.inc(len(items))
-        return ok
+    def _observe(self, result: PushResult) -> None:
+        self.metrics.capture_sent.inc(result.sent)
+        self.metrics.capture_spooled.inc(result.held)
+        for refusal in result.refusals:
+            self.metrics.capture_rejected.labels(refusal.reason).inc(refusal.first)
+        self.metrics.capture_quarantined.inc(result.quarantined)
+        if result.pending is not None:
+            self.metrics.capture_spool_pending.set(result.pending)
 
-    def push(self, queue: str, items: list[ReviewItem]) -> bool:
-        ok = super().push(queue, items)
-        if not ok and items:
-            # everything pushed now stays in the spool until a later flush
-            self.metrics.capture_spooled.inc(len(items))
-        return ok
+
+def check_review_queue(review_url: str, token: str | None, queue: str, spool: Path, *,
+                       transport: httpx.BaseTransport | None = None) -> QueueCheck:
+    """Does the capture queue exist and does the review app accept the token? (start-up check)"""
+    client = ReviewClient(review_url, token or "", spool, timeout=5.0, transport=transport)
+    try:
+        return client.check_queue(queue)
+    finally:
+        client.close()
 
 
 class Capture:
@@ -51,6 +59,7 @@ class Capture:
         self.sink = sink
         self._rng = random.Random(seed)
         self._flush_task: asyncio.Task[None] | None = None
+        self.queue_check: QueueCheck | None = None  # the start-up check's answer, once it came
 
     @classmethod
     def from_settings(cls, rates: dict[str, float], review_url: str | None, token: str | None, queue: str,
@@ -83,13 +92,23 @@ class Capture:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        # samples spooled while the review app was down go out even when no new traffic arrives
+        # samples spooled while the review app was down go out even when no new traffic arrives;
+        # the first round runs at once: it checks the queue and sends what a previous process left
         assert self.sink is not None
+        client = self.sink.client
+        try:
+            self.queue_check = await asyncio.to_thread(client.check_queue, self.sink.queue_name)
+            _log_check(self.queue_check, client.base_url, client.spool)
+        except Exception:  # noqa: BLE001 - the check is advice; capture goes on spooling
+            log.exception("capture: checking review queue %r failed", self.sink.queue_name)
         while True:
+            try:
+                if await asyncio.to_thread(client.pending):
+                    await asyncio.to_thread(client.flush)
+            except Exception:  # noqa: BLE001 - keep flushing later, but never silently
+                log.exception("capture: flushing the spool %s failed; retrying in %.0f s", client.spool,
+                              FLUSH_INTERVAL)
             await asyncio.sleep(FLUSH_INTERVAL)
-            with contextlib.suppress(Exception):
-                if await asyncio.to_thread(self.sink.client.pending):
-                    await asyncio.to_thread(self.sink.client.flush)
 
     async def stop(self) -> None:
         if self._flush_task is not None:
@@ -99,6 +118,17 @@ class Capture:
         if self.sink is not None:
             await self.sink.stop()
             self.sink.client.close()
+
+
+def _log_check(check: QueueCheck, url: str, spool: Path) -> None:
+    """One loud line when the capture queue is refused, a warning when the app does not answer."""
+    if check.refusal is not None:
+        r = check.refusal
+        log.error("capture: review app %s refuses queue %r (%s, %s): %s; samples are kept in %s. fix: %s",
+                  url, check.queue, r.status, r.reason, r.message, spool, r.fix)
+    elif check.unreachable is not None:
+        log.warning("capture: review app %s unreachable (%s); samples are spooled to %s until it answers",
+                    url, check.unreachable, spool)
 
 
 def _text(content: Any) -> str:

@@ -32,6 +32,9 @@ class Metrics:
     probe_warnings: Counter
     capture_sent: Counter
     capture_spooled: Counter
+    capture_rejected: Counter
+    capture_quarantined: Counter
+    capture_spool_pending: Gauge
 
 
 def create_metrics(registry: CollectorRegistry) -> Metrics:
@@ -61,9 +64,19 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         probe_warnings=Counter("lorafleet_probe_warnings_total",
                                "Adapters whose probe output equals the base's (likely a no-op adapter).",
                                ["adapter", "version"], registry=registry),
-        capture_sent=Counter("lorafleet_capture_sent_total", "Captured samples sent to the review app.",
+        capture_sent=Counter("lorafleet_capture_sent_total",
+                             "Captured samples the review app accepted (refused ones are never counted here).",
                              registry=registry),
         capture_spooled=Counter("lorafleet_capture_spooled_total",
-                                "Captured samples spooled to disk while the review app was unreachable.",
+                                "Captured samples kept in the spool file: review app unreachable or refusing.",
                                 registry=registry),
+        # reason: queue_missing | unauthorized | forbidden | invalid (a fixed set: bounded labels)
+        capture_rejected=Counter("lorafleet_capture_rejected_total",
+                                 "Captured samples the review app refused (4xx), once each; they stay spooled.",
+                                 ["reason"], registry=registry),
+        capture_quarantined=Counter("lorafleet_capture_quarantined_total",
+                                    "Corrupt capture spool lines moved to the .quarantine file.", registry=registry),
+        capture_spool_pending=Gauge("lorafleet_capture_spool_pending",
+                                    "Captured samples waiting in the spool file after the last flush.",
+                                    registry=registry),
     )

@@ -12,7 +12,7 @@ from lorafleet.human_review.deps import ApiCallerDep, SessionDep
 from lorafleet.human_review.errors import Forbidden, NotFound, ReviewError
 from lorafleet.human_review.models import Queue
 from lorafleet.human_review.rubrics import Rubric
-from lorafleet.human_review.schemas import QueueCreate, QueueCreated
+from lorafleet.human_review.schemas import QueueCreate, QueueCreated, QueuePublic
 from pydantic import ValidationError
 
 from lorafleet.samples import IngestRequest, IngestResponse
@@ -24,6 +24,9 @@ def _queue(session, caller, name: str) -> Queue:  # noqa: ANN001
     try:
         queue = crud.get_queue(session, name=name)
     except NotFound:
+        if caller.admin:  # the admin token may see every queue: say plainly that this one is missing
+            raise NotFound(f"queue {name!r} not found",
+                           hint=f"create it: lorafleet review queues create {name} --rubric RUBRIC.yaml") from None
         queue = None
     if queue is None or not caller.may_use(queue):
         # Same answer for "no such queue" and "not yours": a queue token learns nothing about others.
@@ -55,6 +58,13 @@ def ingest_items(body: IngestRequest, session: SessionDep, caller: ApiCallerDep)
         result = crud.ingest(session, queue=queue, items=body.items)
         session.commit()
     return result
+
+
+@router.get("/queues/{name}", response_model=QueuePublic)
+def queue_info(name: str, session: SessionDep, caller: ApiCallerDep) -> QueuePublic:
+    """200 when the queue exists and this token may ingest into it (the cheap check clients run at start-up);
+    401 bad token, 403 another queue's token, 404 (admin token) no such queue."""
+    return crud.queue_public(session, queue=_queue(session, caller, name))
 
 
 @router.get("/queues/{name}/stats")

@@ -1,6 +1,7 @@
 """`lorafleet eval`: run suites, score files, rescore and compare runs, render reports.
 
-Exit codes: 0 all gates pass, 1 a gate fails, 2 a configuration or input error.
+Exit codes: 0 all gates pass, 1 a gate fails or the review app refused pushed items (`run --push-review`),
+2 a configuration or input error.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def run(
     key = api_key or (st.eval_api_key.get_secret_value() if st.eval_api_key else None)
     opts = RunOptions(endpoint=endpoint or st.eval_endpoint, api_key=key,
                       concurrency=concurrency or st.eval_concurrency, out=out,
-                      cache_path=None if no_cache else st.cache_path)
+                      cache_path=None if no_cache else st.cache_path, data_dir=st.data_dir)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=as_json) as bar:
         tasks: dict[str, int] = {}
@@ -65,30 +66,42 @@ def run(
 
     for ref in link_run_to_cards(Registry(st.registry_dir), outcome.results, outcome.path):
         err_console.print(f"recorded on the card of {ref}", highlight=False)
-    if push_review and (suite.review.sample or suite.review.pairwise):
-        _push(st, outcome.path, suite)
+    pushed = _push(st, outcome.path, suite) if push_review and (suite.review.sample or suite.review.pairwise) else True
     _show(outcome.results, outcome.path, as_json)
-    return outcome.exit_code
+    return outcome.exit_code or (0 if pushed else 1)
 
 
-def _push(st, run_dir: Path, suite) -> None:
+def _push(st, run_dir: Path, suite) -> bool:
+    """Send the run's review items; False when the review app refused some (`eval run` then exits 1).
+
+    Refused items stay in the spool (DATA_DIR/eval/review-spool.jsonl) and go out with the next push
+    once the cause is fixed; items spooled because the app is down are no failure of the run."""
     from lorafleet.evaluate.review_push import push_to_queues, review_items
     from lorafleet.evaluate.store import RunStore
     from lorafleet.samples import ReviewClient
 
     if not st.review_url:
         err_console.print("review push skipped: set LORAFLEET_REVIEW_URL (and LORAFLEET_REVIEW_TOKEN)")
-        return
+        return True
     store = RunStore(run_dir)
     items = review_items(store.manifest().run_id, suite.name, suite.review, store.samples(), store.outputs(),
                          store.scores())
     token = st.review_token.get_secret_value() if st.review_token else ""
     client = ReviewClient(st.review_url, token, st.eval_dir / "review-spool.jsonl")
     try:
-        sent = push_to_queues(client, suite.review, items)
+        summary = push_to_queues(client, suite.review, items)
     finally:
         client.close()
-    err_console.print(f"review: {len(items)} item(s) {'sent' if sent else 'spooled (app unreachable)'}")
+    line = f"review: {summary.accepted} of {summary.items} item(s) accepted"
+    if summary.spooled:
+        line += f", {summary.spooled} spooled (app unreachable: {summary.unreachable}; sent by the next push)"
+    if summary.refused:
+        line += f", {summary.refused} refused (kept in {client.spool})"
+    err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+    for r in summary.refusals:
+        err_console.print(f"review: queue {r.queue!r} refused {len(r.ids)} item(s) (HTTP {r.status}, {r.reason}): "
+                          f"{r.message}\n  fix: {r.fix}", highlight=False, markup=False, soft_wrap=True)
+    return not summary.refused
 
 
 def _show(results, path: Path, as_json: bool) -> None:
@@ -111,6 +124,10 @@ def _show(results, path: Path, as_json: bool) -> None:
             cells.append(text)
         table.add_row(name, *cells)
     console.print(table)
+    from lorafleet.evaluate.baselines import verdict_lines
+
+    for line in verdict_lines(results):  # plain words: does each adapter beat the best baseline?
+        console.print(line, highlight=False, markup=False)
     for g in results.gates:
         mark = "[green]pass[/]" if g.passed else "[bold red]FAIL[/]"
         console.print(f"gate {g.gate} on {g.target}: {mark} ({g.detail})", highlight=False)

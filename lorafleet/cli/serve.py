@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from lorafleet.cli.common import console, settings_from
+from lorafleet.cli.common import console, err_console, settings_from
 from lorafleet.errors import ConfigError
 
 app = typer.Typer(help="The OpenAI-compatible multi-LoRA gateway.", no_args_is_help=False)
@@ -78,6 +78,8 @@ def serve(
     if replicas > 1 and settings.upstreams:
         raise ConfigError("--replicas with --upstream", hint="--replicas starts local vLLM children; "
                                                            "pass each running server as --upstream instead")
+    if settings.capture and settings.review_url:
+        check_capture_queue(settings)
     application = create_app(settings) if replicas == 1 else create_replicated_app(settings, replicas)
     where = f"http://{settings.host}:{settings.port}"
     if not settings.upstreams:
@@ -89,6 +91,27 @@ def serve(
     # the server may close a connection the client is just reusing (a spurious ReadError).
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level,
                 timeout_graceful_shutdown=10, timeout_keep_alive=75)
+
+
+def check_capture_queue(settings, transport=None) -> None:  # noqa: ANN001 - ServeSettings, imported lazily
+    """Exit 2 when the review app answers and refuses the capture queue or token; warn when it is down."""
+    from lorafleet.serve.capture import check_review_queue
+
+    token = settings.review_token.get_secret_value() if settings.review_token else None
+    check = check_review_queue(settings.review_url, token, settings.review_queue, settings.spool_path,
+                               transport=transport)
+    if check.refusal is not None:
+        r = check.refusal
+        what = {"queue_missing": f"capture queue {check.queue!r} does not exist",
+                "unauthorized": "the review token is missing, wrong or rotated",
+                "forbidden": f"the review token may not use capture queue {check.queue!r} (or it does not exist)",
+                "invalid": f"the review app refused the check of queue {check.queue!r}"}[r.reason]
+        raise ConfigError(f"--capture: {what} on {settings.review_url} (HTTP {r.status}: {r.message})",
+                          hint=r.fix)
+    if check.unreachable is not None:
+        err_console.print(f"warning: review app {settings.review_url} unreachable ({check.unreachable}); "
+                          f"captured samples are spooled to {settings.spool_path} until it answers",
+                          highlight=False, soft_wrap=True)
 
 
 def create_replicated_app(settings, replicas: int, **app_kwargs):

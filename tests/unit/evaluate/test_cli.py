@@ -194,3 +194,39 @@ def test_score_file_errors_name_the_line(capsys, tmp_path) -> None:
     assert code == 2 and "unknown metric 'bogus'" in err
     code, _, err = cli(capsys, "eval", "score", str(path), "--metrics", "perplexity")
     assert code == 2 and "logprobs" in err
+
+
+def test_repro_eval_push_refused_exits_1_and_never_says_sent(capsys, monkeypatch, fake, intent_suite,
+                                                             data_dir) -> None:
+    """Issue 14, reproduction 5: the review app refused the items (no such queue) and `eval run` still
+    printed "N item(s) sent" and exited 0. Now: exit 1, accepted/spooled/refused counts and the fix."""
+    from tests.fakes.review_server import ReviewState, review_server
+
+    script_intents(fake, intent_rows(), adapter_correct=12)
+    intent_suite.write_text(intent_suite.read_text() + "review: {sample: 2}\n", encoding="utf-8")
+    state = ReviewState(token="tok", queues=set())
+    with review_server(state) as review:
+        monkeypatch.setenv("LORAFLEET_REVIEW_URL", review.url)
+        monkeypatch.setenv("LORAFLEET_REVIEW_TOKEN", "tok")
+        code, _, err = eval_run(capsys, data_dir, intent_suite, fake)
+        assert code == 1, err
+        assert "item(s) sent" not in err
+        assert "review: 0 of 4 item(s) accepted, 4 refused" in err and "review-spool.jsonl" in err
+        assert "queue 'eval' refused 4 item(s) (HTTP 404, queue_missing)" in err
+        assert "lorafleet review queues create eval" in err
+
+        state.queues.add("eval")  # fixed: the next run sends its own items and the four kept ones
+        code, _, err = eval_run(capsys, data_dir, intent_suite, fake)
+        assert code == 0, err
+        assert "review: 4 of 4 item(s) accepted" in err and "refused" not in err
+        assert len(state.received["eval"]) == 8
+
+
+def test_eval_push_spooled_while_the_review_app_is_down_is_no_failure(capsys, monkeypatch, fake, intent_suite,
+                                                                      data_dir) -> None:
+    script_intents(fake, intent_rows(), adapter_correct=12)
+    intent_suite.write_text(intent_suite.read_text() + "review: {sample: 2}\n", encoding="utf-8")
+    monkeypatch.setenv("LORAFLEET_REVIEW_URL", "http://127.0.0.1:9")
+    code, _, err = eval_run(capsys, data_dir, intent_suite, fake)
+    assert code == 0, err
+    assert "review: 0 of 4 item(s) accepted, 4 spooled (app unreachable: ConnectError" in err

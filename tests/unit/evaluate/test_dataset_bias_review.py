@@ -115,17 +115,18 @@ def test_review_items_are_tagged_and_pushed(fake, intent_suite: Path, data_dir: 
         return httpx.Response(200, json={"created": len(body["items"]), "existing": 0})
 
     client = ReviewClient("http://review.test", "tok", data_dir / "spool.jsonl", transport=httpx.MockTransport(handler))
-    assert push(client, "eval", items)
+    assert push(client, "eval", items).ok
     assert sum(len(b["items"]) for b in received) == 9
 
     # A review queue is rubric or pairwise: the A/B items go to a queue of their own.
     received.clear()
-    assert push_to_queues(client, s.review, items)
+    assert push_to_queues(client, s.review, items).ok
     by_queue = {b["queue"]: len(b["items"]) for b in received}
     assert by_queue == {s.review.queue: 6, f"{s.review.queue}-pairwise": 3}
 
     down = ReviewClient("http://127.0.0.1:9", "tok", data_dir / "spool2.jsonl", timeout=1)
-    assert not push(down, "eval", items)
+    summary = push(down, "eval", items)
+    assert not summary.ok and summary.spooled == 9 and summary.refused == 0
     assert down.pending() == 9
 
 

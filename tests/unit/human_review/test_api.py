@@ -8,7 +8,7 @@ import httpx
 
 from lorafleet.formats import read_records
 from lorafleet.samples import ReviewClient, ReviewItem
-from tests.unit.human_review.conftest import add_queue, add_user, csrf_of, ingest, items, login
+from tests.unit.human_review.conftest import ADMIN_TOKEN, add_queue, add_user, csrf_of, ingest, items, login
 
 SCORES = {"relevance": 5, "accuracy": 4, "coherence": 5, "safety": 5}
 
@@ -35,6 +35,37 @@ def test_queue_tokens_only_reach_their_own_queue(client, factory) -> None:  # no
     assert client.get("/api/v1/queues/mine/export", headers={"Authorization": f"Bearer {token}"}).status_code == 403
 
 
+def test_queue_check_endpoint_and_the_core_client_say_which_is_wrong(client, factory, tmp_path) -> None:  # noqa: ANN001
+    token = add_queue(factory, "capture")
+    add_queue(factory, "theirs")
+
+    def get(name: str, tok: str):  # noqa: ANN202
+        return client.get(f"/api/v1/queues/{name}", headers={"Authorization": f"Bearer {tok}"})
+
+    ok = get("capture", token)
+    assert ok.status_code == 200 and ok.json()["name"] == "capture" and ok.json()["mode"] == "rubric"
+    assert get("capture", ADMIN_TOKEN).status_code == 200
+    assert get("theirs", token).status_code == 403
+    assert get("capture", "rvq_rotated").status_code == 401
+    missing = get("nope", ADMIN_TOKEN)  # the admin token may see every queue: a plain 404
+    assert missing.status_code == 404 and "lorafleet review queues create nope" in missing.json()["error"]["message"]
+    assert ingest(client, "nope", items(1)).status_code == 404
+
+    transport = httpx.MockTransport(lambda req: _forward(client, req))
+
+    def check(name: str, tok: str):  # noqa: ANN202
+        return ReviewClient("http://review", tok, tmp_path / "spool.jsonl", transport=transport).check_queue(name)
+
+    assert check("capture", token).ok
+    assert check("nope", ADMIN_TOKEN).refusal.reason == "queue_missing"
+    assert check("capture", "rvq_rotated").refusal.reason == "unauthorized"
+    assert check("theirs", token).refusal.reason == "forbidden"
+    # and a push into the missing queue is refused and kept, not "sent"
+    rc = ReviewClient("http://review", ADMIN_TOKEN, tmp_path / "spool2.jsonl", transport=transport)
+    result = rc.push("nope", [ReviewItem(id="c1", prompt="hi", response="yo", source="capture")])
+    assert result.sent == 0 and result.refusals[0].reason == "queue_missing" and rc.pending() == 1
+
+
 def test_bad_items_get_a_400_in_openai_error_shape(client, factory) -> None:  # noqa: ANN001
     add_queue(factory, "q")
     r = ingest(client, "q", [{"id": "x", "prompt": "p"}])  # neither response nor responses
@@ -49,8 +80,8 @@ def test_the_core_review_client_pushes_through_the_api(client, factory, tmp_path
     transport = httpx.MockTransport(lambda req: _forward(client, req))
     rc = ReviewClient("http://review", token, tmp_path / "spool.jsonl", transport=transport)
     batch = [ReviewItem(id=f"c{i}", prompt="hi", response="yo", source="capture") for i in range(3)]
-    assert rc.push("live", batch) is True and rc.pending() == 0
-    assert rc.push("live", batch) is True  # a resend is a no-op
+    assert rc.push("live", batch).empty and rc.pending() == 0
+    assert rc.push("live", batch).sent == 3  # a resend is a no-op for the app
     stats = client.get("/api/v1/queues/live/stats", headers={"Authorization": f"Bearer {token}"}).json()
     assert stats["queue"]["items"] == 3
 

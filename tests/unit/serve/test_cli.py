@@ -72,3 +72,40 @@ def test_bad_input_is_one_clear_line(capsys, tmp_path: Path, args: list[str], ne
 ])
 def test_scope_patterns(patterns, ref, ok) -> None:
     assert allows(patterns, ref) is ok
+
+
+@pytest.mark.parametrize(("queues", "token", "needles"), [
+    (set(), "tok", ["capture queue 'capture' does not exist", "HTTP 404", "lorafleet review queues create capture"]),
+    ({"capture"}, "rotated", ["review token is missing, wrong or rotated", "HTTP 401", "rotate the token"]),
+])
+def test_serve_capture_checks_queue_and_token_at_start(capsys, monkeypatch, tmp_path: Path, queues, token,
+                                                        needles) -> None:
+    from tests.fakes.review_server import ReviewState, review_server
+
+    started: list[object] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.append(app))
+    with review_server(ReviewState(token="tok", queues=queues)) as review:
+        code, _, err = run(capsys, "--data-dir", str(tmp_path / "data"), "serve", "--upstream", "http://127.0.0.1:1",
+                           "--capture", "pirate=0.5", "--review-url", review.url, "--review-token", token)
+    assert code == 2 and not started, err
+    assert err.startswith("error: --capture:") and "Traceback" not in err
+    for needle in needles:
+        assert needle in err
+
+
+def test_serve_capture_starts_when_the_queue_is_there_and_warns_when_the_app_is_down(capsys, monkeypatch,
+                                                                                      tmp_path: Path) -> None:
+    from tests.fakes.review_server import ReviewState, review_server
+
+    started: list[object] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.append(app))
+    (tmp_path / "data").mkdir()
+    argv = ["--data-dir", str(tmp_path / "data"), "serve", "--upstream", "http://127.0.0.1:1",
+            "--capture", "pirate=0.5", "--review-token", "tok"]
+    with review_server(ReviewState(token="tok", queues={"capture"})) as review:
+        code, _, err = run(capsys, *argv, "--review-url", review.url)
+    assert code == 0 and len(started) == 1 and "warning" not in err, err
+    assert review.state.requests == [("GET", "/api/v1/queues/capture")]
+    code, _, err = run(capsys, *argv, "--review-url", "http://127.0.0.1:9")
+    assert code == 0 and len(started) == 2, err
+    assert "unreachable" in err and "capture-spool.jsonl" in err

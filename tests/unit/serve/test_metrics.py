@@ -22,6 +22,9 @@ EXPECTED = {
     "lorafleet_probe_warnings_total": ("counter", {"adapter", "version"}),
     "lorafleet_capture_sent_total": ("counter", set()),
     "lorafleet_capture_spooled_total": ("counter", set()),
+    "lorafleet_capture_rejected_total": ("counter", {"reason"}),
+    "lorafleet_capture_quarantined_total": ("counter", set()),
+    "lorafleet_capture_spool_pending": ("gauge", set()),
 }
 
 
