@@ -38,6 +38,10 @@ def test_two_processes_register_one_version(tiny_model: Path, tmp_path: Path, ql
     assert result["val_loss"] is not None and result["base_val_loss"] is not None
     if qlora:
         assert result["serving_val_loss"] is not None
+    # One run folder, decided by the main process and shared: both processes wrote to it.
+    [run_dir] = [p for p in (data_dir / "runs" / "ddp-intents").iterdir() if p.is_dir()]
+    assert result["run_dir"] == str(run_dir) and (run_dir / "checkpoints").is_dir()
+    assert (data_dir / "runs" / "ddp-intents" / "latest").read_text().strip() == run_dir.name
     registry = Registry(data_dir / "registry")
     assert registry.versions("ddp-intents") == ["v1"]
     card = registry.resolve("ddp-intents").card
