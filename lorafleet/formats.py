@@ -183,6 +183,13 @@ class LineRecord:
     raw: dict[str, Any]
 
 
+def json_error_message(exc: json.JSONDecodeError) -> str:
+    """'invalid JSON: <what> at column N' (json's own 'starting at' messages end in "at" already)."""
+    what = exc.msg[0].lower() + exc.msg[1:] if exc.msg else "bad value"
+    joiner = " " if what.endswith(" at") else " at "
+    return f"invalid JSON: {what}{joiner}column {exc.colno}"
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, decoded JSON) for each non-blank line; bad JSON raises FormatError."""
     path = Path(path)
@@ -197,8 +204,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 try:
                     yield lineno, json.loads(text)
                 except json.JSONDecodeError as exc:
-                    raise FormatError(f"invalid JSON: {exc.msg} at column {exc.colno}",
-                                      path=str(path), line=lineno) from None
+                    raise FormatError(json_error_message(exc), path=str(path), line=lineno) from None
         except UnicodeDecodeError:
             raise FormatError("not UTF-8 text", path=str(path), line=lineno + 1,
                               hint="re-encode the file as UTF-8") from None
@@ -226,8 +232,7 @@ def read_records_lenient(path: Path, *, fmt: FormatName | None = None
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                errors.append(FormatError(f"invalid JSON: {exc.msg} at column {exc.colno}",
-                                          path=str(path), line=lineno))
+                errors.append(FormatError(json_error_message(exc), path=str(path), line=lineno))
                 continue
             try:
                 good.append(LineRecord(str(path), lineno, parse_record(obj, fmt=fmt, path=str(path),

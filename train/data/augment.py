@@ -1,22 +1,24 @@
 """Paraphrase user turns through any OpenAI-compatible endpoint (our own gateway included).
 
 Every new record carries `provenance: {"augmented": true, "source": "file:line", "model", "endpoint"}`;
-augmented records never go to val/test (`data split` keeps them in train; this command refuses
-val/test files).
+augmented records never go to val/test (`data split` makes them follow their source and drops those whose
+source is val/test). This command refuses data it is told is val/test (`--role`, or records' `split:`)
+and records that match the held-out index.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-from lorafleet.train.data.checks import split_of
 
 from lorafleet.errors import ConfigError, LorafleetError
-from lorafleet.formats import read_records, record_to_json, to_chat
+from lorafleet.formats import LineRecord, metadata, read_records, record_to_json, to_chat
 from lorafleet.fsutil import atomic_write_jsonl
+from lorafleet.heldout import HeldOutIndex, heldout_text, refusal
 
 PROMPT = ("Rewrite the following customer message with different wording but the same meaning and facts. "
           "Reply with the rewritten message only.\n\n{text}")
@@ -49,12 +51,38 @@ def paraphrase(client: httpx.Client, endpoint: str, model: str, text: str, seed:
     return str(content or "").strip()
 
 
+def refuse_held_out(src: Path, lines: list[LineRecord], *, role: str | None, index: HeldOutIndex | None,
+                    allow_held_out: bool, warn: Callable[[str], None] | None = None) -> None:
+    """Refuse val/test data (told by --role or by records' `split:`) and records the held-out index holds."""
+    if role in ("val", "test"):
+        raise ConfigError(f"{src}: --role {role}: augmenting a {role} split",
+                          hint="augment training data only; paraphrases of held-out prompts leak them")
+    marked = [f"{line.path}:{line.line}" for line in lines if metadata(line.record).get("split") in ("val", "test")]
+    if marked:
+        shown = ", ".join(marked[:10]) + (f" and {len(marked) - 10} more" if len(marked) > 10 else "")
+        raise ConfigError(f"{src}: {len(marked)} record(s) marked split val/test: {shown}",
+                          hint="augment training records only (remove those or their split field)")
+    if index is None:
+        return
+    matches = index.check((f"{line.path}:{line.line}", heldout_text(to_chat(line.record).messages))
+                          for line in lines)
+    if matches and not allow_held_out:
+        raise refusal(matches, what="augmented training data")
+    for m in matches:
+        if warn is not None:
+            warn(f"--allow-held-out: {m.line()}")
+
+
 def augment_file(src: Path, dst: Path, *, endpoint: str, model: str, n: int = 1, api_key: str | None = None,
-                 limit: int | None = None, transport: httpx.BaseTransport | None = None) -> int:
-    """Write originals + n paraphrases per record (user turn replaced); returns how many were added."""
-    if split_of(str(src)) in ("val", "test"):
-        raise ConfigError(f"{src}: augmenting a {split_of(str(src))} split", hint="augment training data only")
+                 limit: int | None = None, transport: httpx.BaseTransport | None = None,
+                 role: str | None = None, index: HeldOutIndex | None = None, allow_held_out: bool = False,
+                 warn: Callable[[str], None] | None = None) -> int:
+    """Write originals + n paraphrases per record (user turn replaced); returns how many were added.
+
+    Refuses val/test input and, with `index`, records that match held-out examples (HeldOutError).
+    """
     lines = list(read_records(Path(src)))
+    refuse_held_out(Path(src), lines, role=role, index=index, allow_held_out=allow_held_out, warn=warn)
     rows: list[dict[str, Any]] = [line.raw for line in lines]
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     added = 0

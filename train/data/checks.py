@@ -1,13 +1,16 @@
 """`lorafleet data check`: everything wrong with a dataset before it costs a training run.
 
 Errors (exit 1): unparsable lines, missing fields, wrong roles, empty turns, leakage between
-the given split files. Warnings: duplicates, near-duplicates, label variants, class imbalance,
-over-long examples, PII, low inter-annotator agreement.
+records of different splits (a file's role comes from --train/--val/--test, a record's from its own
+`split:` field; file names never decide), train/unassigned records that match the held-out index.
+Warnings: duplicates, near-duplicates, label variants, class imbalance, over-long examples, PII,
+low inter-annotator agreement.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +23,10 @@ from pydantic import BaseModel, Field
 
 from lorafleet.errors import FormatError, LorafleetError
 from lorafleet.formats import LineRecord, metadata, read_records_lenient, to_chat
+from lorafleet.heldout import HeldOutIndex, heldout_text
 
 Severity = Literal["error", "warning"]
-SPLIT_WORDS = ("train", "val", "valid", "validation", "dev", "test")
+SPLITS = ("train", "val", "test")
 IMBALANCE_RATIO = 5.0
 LOW_KAPPA = 0.6
 
@@ -56,6 +60,7 @@ class CheckReport(BaseModel):
     issues: list[Issue]
     lengths: LengthStats | None = None
     kappa: dict[str, float] = Field(default_factory=dict, description="annotator pair → Cohen's kappa")
+    heldout_version: str | None = Field(default=None, description="Version of the held-out index checked against.")
 
     @property
     def errors(self) -> list[Issue]:
@@ -70,18 +75,23 @@ class CheckReport(BaseModel):
         return not self.errors
 
 
-def split_of(path: str) -> str:
-    """'…/val.jsonl' → 'val'; files not named for a split are their own group."""
-    stem = Path(path).stem.lower()
-    for word in SPLIT_WORDS:
-        if stem == word or stem.endswith(f"_{word}") or stem.endswith(f"-{word}") or stem.startswith(f"{word}"):
-            return {"valid": "val", "validation": "val", "dev": "val"}.get(word, word)
-    return path
+def record_split(record: LineRecord, roles: Mapping[str, str]) -> str | None:
+    """A record's split: its own `split:` field, else its file's role (--train/--val/--test), else none."""
+    own = metadata(record.record).get("split")
+    if isinstance(own, str) and own in SPLITS:
+        return own
+    return roles.get(record.path)
 
 
-def check_files(paths: list[Path], *, max_length: int = 512, tokenizer: Any = None, near_threshold: float = 0.8,
-                tokenizer_name: str = "whitespace") -> CheckReport:
-    """Run every check over the files together (leakage is between files of different splits)."""
+def check_files(paths: list[Path], *, roles: Mapping[str | Path, str] | None = None,
+                index: HeldOutIndex | None = None, max_length: int = 512, tokenizer: Any = None,
+                near_threshold: float = 0.8, tokenizer_name: str = "whitespace") -> CheckReport:
+    """Run every check over the files together.
+
+    `roles` maps a file to train/val/test; leakage is only between records of different splits, and
+    train/unassigned records are checked against `index` (the held-out guard) when one is given.
+    """
+    by_path = {str(Path(k)): v for k, v in (roles or {}).items()}
     issues: list[Issue] = []
     files: list[FileStats] = []
     rows: list[LineRecord] = []
@@ -94,13 +104,18 @@ def check_files(paths: list[Path], *, max_length: int = 512, tokenizer: Any = No
         files.append(FileStats(path=str(path), records=len(good), format=fmt, labels=dict(labels)))
     issues += structure_issues(rows)
     issues += duplicate_issues(rows, near_threshold)
-    issues += leakage_issues(rows)
+    pairs = leak_pairs(rows, by_path)
+    issues += leakage_issues(rows, by_path)
+    if index is not None:  # a leak already reported between the given files is not reported twice
+        leaked = {f"{r.path}:{r.line}" for r, _, _ in pairs} | {where for _, _, where in pairs}
+        issues += held_out_issues(rows, by_path, index, near_threshold, skip=leaked)
     issues += label_issues(rows)
     issues += pii_issues(rows)
     lengths, over = length_stats(rows, max_length, tokenizer, tokenizer_name)
     issues += over
     kappa, kappa_issues = agreement(rows)
-    return CheckReport(files=files, issues=issues + kappa_issues, lengths=lengths, kappa=kappa)
+    return CheckReport(files=files, issues=issues + kappa_issues, lengths=lengths, kappa=kappa,
+                       heldout_version=index.version() if index is not None else None)
 
 
 def _where(exc: LorafleetError) -> str:
@@ -151,18 +166,50 @@ def duplicate_issues(rows: list[LineRecord], threshold: float) -> list[Issue]:
     return out
 
 
-def leakage_issues(rows: list[LineRecord]) -> list[Issue]:
-    """The same prompt in two splits (train↔val↔test): an evaluation that measures memory."""
+def leak_pairs(rows: list[LineRecord], roles: Mapping[str, str] | None = None
+               ) -> list[tuple[LineRecord, str, str]]:
+    """(record, split, where) for each record whose prompt was first seen in another split at `where`.
+
+    Records without a split (plain files, no `split:` field) never leak into each other.
+    """
     seen: dict[str, tuple[str, str]] = {}
     out = []
     for r in rows:
+        split = record_split(r, roles or {})
+        if split is None:
+            continue
         key = normalise(prompt_text(r.record))
-        split = split_of(r.path)
         if key in seen and seen[key][0] != split:
-            out.append(Issue(severity="error", code="leakage", where=f"{r.path}:{r.line}",
-                             message=f"prompt also in {seen[key][0]} at {seen[key][1]}"))
+            out.append((r, seen[key][0], seen[key][1]))
         else:
             seen.setdefault(key, (split, f"{r.path}:{r.line}"))
+    return out
+
+
+def leakage_issues(rows: list[LineRecord], roles: Mapping[str, str] | None = None) -> list[Issue]:
+    """The same prompt in two splits (train↔val↔test): an evaluation that measures memory."""
+    return [Issue(severity="error", code="leakage", where=f"{r.path}:{r.line}",
+                  message=f"prompt also in {split} at {where}") for r, split, where in leak_pairs(rows, roles)]
+
+
+def held_out_issues(rows: list[LineRecord], roles: Mapping[str, str], index: HeldOutIndex, threshold: float,
+                    skip: frozenset[str] | set[str] = frozenset()) -> list[Issue]:
+    """Train/unassigned records that match the held-out index, one error per record.
+
+    A file is never compared with its own entries (checking a val file that is in the index is no leak).
+    """
+    out = []
+    if index.note:
+        out.append(Issue(severity="warning", code="held_out_index", where=str(index.path), message=index.note))
+    by_file: dict[str, list[LineRecord]] = defaultdict(list)
+    for r in rows:
+        if record_split(r, roles) in (None, "train") and f"{r.path}:{r.line}" not in skip:
+            by_file[r.path].append(r)
+    for path, records in by_file.items():
+        items = [(f"{r.path}:{r.line}", heldout_text(to_chat(r.record).messages)) for r in records]
+        for m in index.check(items, threshold=threshold, exclude_sources=[path]):
+            out.append(Issue(severity="error", code="held_out", where=m.where,
+                             message=f"matches held-out {m.role} {m.source} ({m.kind}, {m.similarity:.2f})"))
     return out
 
 

@@ -80,3 +80,13 @@ def test_missing_file_and_non_utf8(tmp_path: Path) -> None:
     bad.write_bytes(b'{"prompt": "caf\xe9", "completion": "x"}\n')
     with pytest.raises(FormatError, match="UTF-8"):
         list(read_records(bad))
+
+
+def test_invalid_json_message_says_at_once(tmp_path: Path) -> None:
+    from lorafleet.formats import read_records_lenient
+
+    bad = tmp_path / "torn.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "unfinished', encoding="utf-8")
+    _, errors = read_records_lenient(bad)
+    assert errors[0].message == f"{bad}:2: invalid JSON: unterminated string starting at column 12"
+    assert "at at" not in errors[0].message

@@ -51,7 +51,8 @@ def test_split_keeps_augmented_records_in_train(tmp_path: Path) -> None:
 def test_bad_ratios_name_the_flag(capsys, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--ratios"):
         parse_ratios("0.5,0.5")
-    code, _, err = run_cli(capsys, "data", "split", str(DIRTY), "--out", str(tmp_path), "--ratios", "0.9,0.2,0.1")
+    code, _, err = run_cli(capsys, "--data-dir", str(tmp_path / "data"), "data", "split", str(DIRTY),
+                           "--out", str(tmp_path), "--ratios", "0.9,0.2,0.1")
     assert code == 2 and "--ratios" in err and "Traceback" not in err
 
 
@@ -86,7 +87,7 @@ def test_fix_writes_new_file_and_report(capsys, tmp_path: Path) -> None:
     assert check_files([out]).errors == []
 
 
-def test_augment_marks_provenance_and_refuses_val(tmp_path: Path) -> None:
+def test_augment_marks_provenance_and_refuses_val_when_told(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "train.jsonl", [chat("my parcel is late", "[Intent: shipping] ok")])
     fake = FakeUpstream(api_key=None)
     for text in ("the package has not arrived yet", "where is my delivery?"):
@@ -98,13 +99,109 @@ def test_augment_marks_provenance_and_refuses_val(tmp_path: Path) -> None:
     assert rows[1]["provenance"]["augmented"] is True and rows[1]["provenance"]["source"].endswith("train.jsonl:1")
     assert rows[1]["messages"][0]["content"] == "the package has not arrived yet"
     assert rows[1]["messages"][1]["content"] == "[Intent: shipping] ok"
-    val = write_jsonl(tmp_path / "val.jsonl", [chat("x", "y")])
-    with pytest.raises(ConfigError, match="val split"):
-        augment_file(val, tmp_path / "o.jsonl", endpoint="http://127.0.0.1:9", model="m")
+    val = write_jsonl(tmp_path / "anything.jsonl", [chat("x", "y")])
+    with pytest.raises(ConfigError, match="--role val: augmenting a val split"):
+        augment_file(val, tmp_path / "o.jsonl", endpoint="http://127.0.0.1:9", model="m", role="val")
+    marked = write_jsonl(tmp_path / "marked.jsonl", [chat("x", "y"), chat("z", "y", split="test")])
+    with pytest.raises(ConfigError, match=r"marked split val/test: .*marked.jsonl:2"):
+        augment_file(marked, tmp_path / "o.jsonl", endpoint="http://127.0.0.1:9", model="m")
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_split_skips_and_reports_broken_lines(capsys, tmp_path: Path) -> None:
-    code, out, _ = run_cli(capsys, "data", "split", str(DIRTY), "--out", str(tmp_path / "s"), "--json")
+    code, out, _ = run_cli(capsys, "--data-dir", str(tmp_path / "data"), "data", "split", str(DIRTY),
+                           "--out", str(tmp_path / "s"), "--json")
     result = json.loads(out)
     assert code == 0 and len(result["skipped"]) == 1 and "invalid JSON" in result["skipped"][0]
     assert sum(result["counts"].values()) == len(DIRTY.read_text().splitlines()) - 1
+
+
+def _originals(n: int) -> list[dict]:
+    words = ["lamp", "desk", "chair", "kettle", "mouse", "phone", "sofa"]
+    return [chat(f"ticket {i}: my {words[i % 7]} stopped working on day {i % 5} after {i * 3} hours", f"answer {i}")
+            for i in range(n)]
+
+
+def _augmented_copy(tmp_path: Path, n: int = 60) -> tuple[Path, list[dict]]:
+    """What `data augment` writes: the originals, then one paraphrase of each (provenance → source line)."""
+    orig = write_jsonl(tmp_path / "orig.jsonl", _originals(n))
+    rows = _originals(n)
+    for i, row in enumerate(_originals(n)):
+        para = chat(f"reworded complaint number {i * 7}: nothing works anymore, help with item {i}",
+                    row["messages"][1]["content"],
+                    provenance={"augmented": True, "source": f"{orig}:{i + 1}", "model": "m", "n": 0})
+        rows.append(para)
+    return write_jsonl(tmp_path / "aug.jsonl", rows), rows
+
+
+def test_repro_augmented_paraphrase_follows_source_split(tmp_path: Path) -> None:
+    aug, rows = _augmented_copy(tmp_path)
+    result = split_file(aug, tmp_path / "out", (0.6, 0.2, 0.2))
+    written = {s: [json.loads(x) for x in (tmp_path / "out" / f"{s}.jsonl").read_text().splitlines()]
+               for s in ("train", "val", "test")}
+    held_answers = {r["messages"][1]["content"] for s in ("val", "test") for r in written[s]}
+    assert held_answers, "the split must put some originals in val/test"
+    leaked = [r for r in written["train"] if r.get("provenance") and r["messages"][1]["content"] in held_answers]
+    assert leaked == []  # no paraphrase of a held-out prompt trains the adapter
+    assert not any(r.get("provenance") for s in ("val", "test") for r in written[s])
+    assert len(result.dropped_augmented) == len(held_answers)
+    # originals split exactly as they do without any paraphrases
+    plain = split_file(tmp_path / "orig.jsonl", tmp_path / "plain", (0.6, 0.2, 0.2))
+    assert plain.counts["val"] == result.counts["val"] and plain.counts["test"] == result.counts["test"]
+
+
+def test_split_paraphrase_of_unknown_source_joins_nearest_original(tmp_path: Path) -> None:
+    base = ("I was charged twice for my order last week and I would like the money back on my card right now "
+            "because the second charge pushed my account into the red and the bank wants a fee for it as well")
+    rows = _originals(30) + [chat(base, "refund"),
+                             chat(base + " please", "refund", provenance={"augmented": True, "source": "gone:1"})]
+    result = split_file(write_jsonl(tmp_path / "a.jsonl", rows), tmp_path / "out", (0.0, 0.0, 1.0))
+    assert result.counts == {"train": 0, "val": 0, "test": 30 + 1} and result.dropped_augmented == [
+        f"{tmp_path / 'a.jsonl'}:32"]
+
+
+def test_cli_split_adds_val_test_to_index_and_refuses_held_out(capsys, tmp_path: Path) -> None:
+    from lorafleet.heldout import HeldOutIndex
+
+    dd = str(tmp_path / "data")
+    src = write_jsonl(tmp_path / "all.jsonl", _originals(40))
+    code, out, _ = run_cli(capsys, "--data-dir", dd, "data", "split", str(src), "--out", str(tmp_path / "s"))
+    assert code == 0
+    idx = HeldOutIndex(Path(dd))
+    roles = {Path(f.path).name: f.role for f in idx.sources().files}
+    assert roles == {"val.jsonl": "val", "test.jsonl": "test"}
+    # splitting the same file again into the same folder is no leak (its old val/test are replaced)
+    assert run_cli(capsys, "--data-dir", dd, "data", "split", str(src), "--out", str(tmp_path / "s"))[0] == 0
+    test_rows = (tmp_path / "s" / "test.jsonl").read_text().splitlines()
+    other = write_jsonl(tmp_path / "other.jsonl", [*_originals(0), chat("a new prompt about my bike", "x"),
+                                                   json.loads(test_rows[0])])
+    code, out, err = run_cli(capsys, "--data-dir", dd, "data", "split", str(other), "--out", str(tmp_path / "o"),
+                             "--ratios", "1,0,0")
+    assert code == 1 and "Traceback" not in err
+    assert f"{other}:2: matches held-out test {tmp_path / 's' / 'test.jsonl'}:1 (exact, 1.00)" in err
+    assert "--allow-held-out" in err and not (tmp_path / "o").exists()
+    code, out, _ = run_cli(capsys, "--data-dir", dd, "data", "split", str(other), "--out", str(tmp_path / "o"),
+                           "--ratios", "1,0,0", "--allow-held-out")
+    assert code == 0 and "--allow-held-out" in out
+
+
+def test_cli_split_reports_dropped_paraphrases(capsys, tmp_path: Path) -> None:
+    aug, _ = _augmented_copy(tmp_path)
+    code, out, _ = run_cli(capsys, "--data-dir", str(tmp_path / "data"), "data", "split", str(aug),
+                           "--out", str(tmp_path / "s"), "--ratios", "0.6,0.2,0.2")
+    assert code == 0 and "augmented record(s) whose source is in val/test" in out
+
+
+def test_cli_augment_refuses_held_out_records(capsys, tmp_path: Path) -> None:
+    dd = str(tmp_path / "data")
+    test = write_jsonl(tmp_path / "test.jsonl", [chat("my parcel is late and the tracking page shows nothing", "x")])
+    run_cli(capsys, "--data-dir", dd, "data", "check", "--test", str(test))
+    src = write_jsonl(tmp_path / "mine.jsonl", [chat("hello", "hi"),
+                                                chat("My parcel is late, and the tracking page shows nothing.", "y")])
+    args = ("--data-dir", dd, "data", "augment", str(src), "--out", str(tmp_path / "o.jsonl"),
+            "--endpoint", "http://127.0.0.1:9/v1", "--model", "m")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 1 and f"{src}:2: matches held-out test {test}:1 (exact, 1.00)" in err
+    assert not (tmp_path / "o.jsonl").exists()
+    code, _, err = run_cli(capsys, *args, "--role", "test")
+    assert code == 2 and "--role test" in err
