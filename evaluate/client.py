@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 from lorafleet.evaluate.cache import ResponseCache, cache_key
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.pool import run_pool
+from lorafleet.evaluate.targets import RequestShape
 from pydantic import BaseModel, Field
 
 from lorafleet.errors import LorafleetError
@@ -123,16 +124,19 @@ class EvalClient:
         return out[model]
 
     async def generate_targets(self, models: dict[str, str], samples: list[Sample], params: dict[str, Any], *,
-                               on_done: Callable[[str, str, Completion], None] | None = None
+                               on_done: Callable[[str, str, Completion], None] | None = None,
+                               shapes: Mapping[str, RequestShape] | None = None
                                ) -> dict[str, dict[str, Completion]]:
         """target → sample id → completion. One pool of `concurrency` workers serves every target,
-        sample by sample across targets, so an engine batches base and adapters together."""
+        sample by sample across targets, so an engine batches base and adapters together. A target
+        in `shapes` (a baseline) gets its few-shot turns and extra body fields on every request."""
+        shapes = shapes or {}
         results: dict[str, dict[str, Completion]] = {t: {} for t in models}
 
         async with self._client() as client:
             async def work(job: tuple[str, Sample]) -> None:
                 target, sample = job
-                completion = await self._one(client, models[target], sample, params)
+                completion = await self._one(client, models[target], sample, params, shapes.get(target))
                 results[target][sample.id] = completion
                 if on_done:
                     on_done(target, sample.id, completion)
@@ -140,9 +144,10 @@ class EvalClient:
             await run_pool([(t, s) for s in samples for t in models], work, self.concurrency)
         return {t: {s.id: results[t][s.id] for s in samples} for t in models}
 
-    async def _one(self, client: httpx.AsyncClient, model: str, sample: Sample, params: dict[str, Any]
-                   ) -> Completion:
-        messages = [m.model_dump() for m in sample.messages]
+    async def _one(self, client: httpx.AsyncClient, model: str, sample: Sample, params: dict[str, Any],
+                   shape: RequestShape | None = None) -> Completion:
+        messages = [m.model_dump() for m in (shape.messages(sample) if shape else sample.messages)]
+        params = shape.params(params) if shape else params
         key = cache_key(self.endpoint, model, messages, params)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return Completion(**{**hit, "cached": True})
@@ -155,7 +160,8 @@ class EvalClient:
         return completion
 
     async def add_reference_logprobs(self, models: dict[str, str], samples: list[Sample],
-                                     results: dict[str, dict[str, Completion]]) -> None:
+                                     results: dict[str, dict[str, Completion]],
+                                     shapes: Mapping[str, RequestShape] | None = None) -> None:
         """Fill `ref_nll`/`ref_tokens`: the reference appended as the assistant turn, scored by the
         endpoint's prompt logprobs (vLLM's `prompt_logprobs`); left empty where it gives none."""
         jobs = [(t, s) for s in samples for t in models if s.reference and results[t][s.id].ref_nll is None]
@@ -165,15 +171,17 @@ class EvalClient:
         async with self._client() as client:
             async def work(job: tuple[str, Sample]) -> None:
                 target, sample = job
-                scored = await self._reference_nll(client, models[target], sample)
+                scored = await self._reference_nll(client, models[target], sample, (shapes or {}).get(target))
                 if scored is not None:
                     results[target][sample.id].ref_nll, results[target][sample.id].ref_tokens = scored
 
             await run_pool(jobs, work, self.concurrency)
 
-    async def _reference_nll(self, client: httpx.AsyncClient, model: str, sample: Sample
-                             ) -> tuple[float, int] | None:
-        messages = [m.model_dump() for m in sample.messages] + [{"role": "assistant", "content": sample.reference}]
+    async def _reference_nll(self, client: httpx.AsyncClient, model: str, sample: Sample,
+                             shape: RequestShape | None = None) -> tuple[float, int] | None:
+        # A k-shot baseline's likelihood is read after its examples; decoding constraints do not apply.
+        prompt = shape.messages(sample) if shape else sample.messages
+        messages = [m.model_dump() for m in prompt] + [{"role": "assistant", "content": sample.reference}]
         params = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "add_generation_prompt": False,
                   "continue_final_message": True}
         key = cache_key(self.endpoint, model, messages, params)

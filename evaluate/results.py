@@ -31,6 +31,10 @@ class TargetResult(BaseModel):
     served_models: list[str] = Field(default_factory=list, description="Exact versions the endpoint reported.")
     metrics: dict[str, MetricScore]
     usage: Usage
+    role: str | None = Field(default=None, description="base | adapter | baseline (a prompted base).")
+    alias_of: str | None = Field(default=None, description="The weighted alias this version was evaluated for.")
+    weight: float | None = Field(default=None, description="Its share of that alias's traffic.")
+    baseline: str | None = Field(default=None, description="How this baseline prompts the base (k-shot, constrained).")
 
 
 class Comparison(BaseModel):
@@ -70,6 +74,26 @@ class BiasTarget(BaseModel):
     metric_gap_p: dict[str, float] = Field(default_factory=dict, description="Paired bootstrap p of each gap.")
 
 
+class VersusBest(BaseModel):
+    """One adapter against the best baseline on one metric (a paired comparison, adapter − baseline)."""
+
+    target: str
+    delta: float
+    ci: tuple[float, float]
+    p_value: float
+    significant: bool
+    beats: bool = Field(description="Significantly better than the best baseline.")
+
+
+class BestBaseline(BaseModel):
+    """The highest-scoring of the base and the declared baselines on one metric (lowest for perplexity)."""
+
+    baseline: str
+    value: float
+    candidates: dict[str, float] = Field(description="Every baseline's score on this metric.")
+    adapters: list[VersusBest] = Field(default_factory=list)
+
+
 class RunResults(BaseModel):
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -86,4 +110,6 @@ class RunResults(BaseModel):
     gates: list[GateResult] = Field(default_factory=list)
     passed: bool = True
     bias: dict[str, BiasTarget] | None = None
+    best_baseline: dict[str, BestBaseline] = Field(
+        default_factory=dict, description="Per primary metric: the best baseline and each adapter against it.")
     warnings: list[str] = Field(default_factory=list, description="What was left out of the run, and why.")

@@ -9,16 +9,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lorafleet.evaluate.baselines import best_baselines, plan_baselines
 from lorafleet.evaluate.cache import ResponseCache
-from lorafleet.evaluate.client import Completion, EvalClient
+from lorafleet.evaluate.client import Completion, EndpointError, EvalClient
 from lorafleet.evaluate.dataset import Sample, dataset_path, load_samples, originals, variants
 from lorafleet.evaluate.report import render_html, render_markdown
 from lorafleet.evaluate.results import RunResults
-from lorafleet.evaluate.scoring import TargetScores, score_run
+from lorafleet.evaluate.scoring import TargetScores, score_run, with_labels
 from lorafleet.evaluate.store import Manifest, RunStore, new_run_id
 from lorafleet.evaluate.suite import BASE, Suite, suite_from_dict
+from lorafleet.evaluate.targets import (
+    PlannedTarget,
+    RequestShape,
+    RunPlan,
+    effective_suite,
+    expand_aliases,
+    legacy_plan,
+)
 
 from lorafleet.errors import ConfigError
+from lorafleet.heldout import HeldOutIndex
 from lorafleet.registry import Registry
 
 Progress = Callable[[str, int, int], None]  # (target, done, total)
@@ -34,6 +44,7 @@ class RunOptions:
     max_retries: int = 4
     backoff_s: float = 0.5
     timeout_s: float = 120.0
+    data_dir: Path | None = None  # the held-out guard's home: k-shot baselines' examples are checked against it
 
 
 @dataclass
@@ -46,13 +57,27 @@ class RunOutcome:
         return 0 if self.results.passed else 1
 
 
-async def _resolve_models(suite: Suite, client: EvalClient) -> dict[str, str]:
-    """target → name sent as `model` (base resolved, gateway aliases pinned to their version)."""
-    return await client.resolve_targets(suite.targets, base=BASE, base_model=suite.base_model)
+async def plan_run(suite: Suite, client: EvalClient, baselines: list[PlannedTarget]) -> RunPlan:
+    """Every target to generate and the name each sends as `model`: `base` resolved, aliases pinned to
+    their version, a weighted alias expanded into one target per version, baselines on the base."""
+    try:
+        listed = await client.list_models()
+    except EndpointError:
+        listed = []  # resolve_targets says what is wrong if the listing is needed
+    planned = expand_aliases(suite.targets, listed)
+    refs = [t.name for t in planned] + ([BASE] if baselines and BASE not in suite.targets else [])
+    models = await client.resolve_targets(refs, base=BASE, base_model=suite.base_model)
+    planned = [t.model_copy(update={"model": models[t.name]}) for t in planned]
+    return RunPlan(targets=planned + [b.model_copy(update={"model": models[BASE]}) for b in baselines])
+
+
+def run_plan(manifest: Manifest) -> RunPlan:
+    return manifest.plan or legacy_plan(manifest.models)
 
 
 async def generate_all(suite: Suite, samples: list[Sample], client: EvalClient, models: dict[str, str],
-                       outputs: dict[str, dict[str, Completion]], progress: Progress | None) -> None:
+                       outputs: dict[str, dict[str, Completion]], progress: Progress | None,
+                       shapes: dict[str, RequestShape] | None = None) -> None:
     """Generate every target into `outputs` (filled as answers arrive, so a failure keeps them)."""
     for target in suite.targets:
         outputs.setdefault(target, {})
@@ -65,15 +90,19 @@ async def generate_all(suite: Suite, samples: list[Sample], client: EvalClient, 
             progress(target, len(outputs[target]), len(samples))
 
     await client.generate_targets({t: models[t] for t in suite.targets}, samples, suite.generation.params(),
-                                  on_done=on_done)
+                                  on_done=on_done, shapes=shapes)
     if "perplexity" in suite.metric_families():
-        await client.add_reference_logprobs({t: models[t] for t in suite.targets}, samples, outputs)
+        await client.add_reference_logprobs({t: models[t] for t in suite.targets}, samples, outputs, shapes=shapes)
 
 
 def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Path, registry: Registry | None = None,
               progress: Progress | None = None) -> RunOutcome:
     """Generate for every target, score, compare, gate and write the run folder."""
-    samples = load_samples(suite, dataset_path(suite, suite_path, registry))
+    data_file = dataset_path(suite, suite_path, registry)
+    samples = load_samples(suite, data_file)
+    # Baselines first: a held-out k-shot example is refused before anything is written or sent.
+    heldout = HeldOutIndex(opts.data_dir) if opts.data_dir is not None else None
+    baselines = plan_baselines(with_labels(suite, samples), suite_path, data_file, samples, BASE, heldout)
     run_id = new_run_id(suite.name)
     store = RunStore(opts.out or runs_dir / run_id)
     cache = ResponseCache(opts.cache_path) if opts.cache_path else None
@@ -84,9 +113,11 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
     outputs: dict[str, dict[str, Completion]] = {}
     store.write_samples(samples)
     try:
-        manifest.models = asyncio.run(_resolve_models(suite, client))
+        manifest.plan = asyncio.run(plan_run(suite, client, baselines))
+        manifest.models = manifest.plan.models()
         store.write_manifest(manifest)
-        asyncio.run(generate_all(suite, samples, client, manifest.models, outputs, progress))
+        asyncio.run(generate_all(effective_suite(suite, manifest.plan), samples, client, manifest.models, outputs,
+                                 progress, shapes=manifest.plan.shapes()))
     finally:
         # Whatever happens, keep what was generated: the cache resumes it, the folder shows it.
         store.write_outputs(outputs)
@@ -101,7 +132,9 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
 def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
                     manifest: Manifest) -> RunResults:
     """Score a run's outputs and write results, per-sample scores and both reports."""
-    scored = score_run(suite, samples, outputs, manifest.models)
+    plan = run_plan(manifest)
+    suite = effective_suite(suite, plan)
+    scored = score_run(suite, samples, outputs, manifest.models, extra_pairs=plan.extra_pairs())
     st = suite.stats
     results = RunResults(run_id=manifest.run_id, suite=suite.name, created_at=manifest.created_at,
                          endpoint=manifest.endpoint, baseline=suite.baseline_target,
@@ -109,12 +142,28 @@ def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], output
                          confidence=st.confidence, resamples=st.resamples, seed=st.seed,
                          targets={t: s.result for t, s in scored.targets.items()}, comparisons=scored.comparisons,
                          gates=scored.gates, passed=scored.passed, bias=scored.bias)
+    add_plan(results, plan, primary_metrics(suite))
     rows = per_sample_rows(samples, scored.targets)
     store.write_scores(rows)
     store.write_results(results)
     store.write_text("report.md", render_markdown(results))
     store.write_text("report.html", render_html(results, samples, outputs, rows, primary=primary_metric(suite)))
     return results
+
+
+def add_plan(results: RunResults, plan: RunPlan, metrics: list[str]) -> None:
+    """Say on each target what it is (alias version, baseline) and judge the adapters against the best baseline."""
+    for name, result in results.targets.items():
+        if (planned := plan.get(name)) is not None:
+            result.role, result.alias_of, result.weight = planned.role, planned.alias_of, planned.weight
+            result.baseline = planned.baseline
+    results.best_baseline = best_baselines(plan, results.targets, results.comparisons, metrics)
+
+
+def primary_metrics(suite: Suite) -> list[str]:
+    """The metrics an adapter is judged by against the best baseline: the primary one and every gated one."""
+    first = primary_metric(suite)
+    return list(dict.fromkeys([*([first] if first else []), *(g.metric for g in suite.gates)]))
 
 
 def primary_metric(suite: Suite) -> str | None:
@@ -153,12 +202,13 @@ def rescore(run_dir: Path, suite: Suite | None = None) -> RunResults:
     manifest = store.manifest()
     suite = suite or suite_from_dict(manifest.suite)
     outputs = store.outputs()
-    missing = [t for t in suite.targets if t not in outputs]
+    targets = effective_suite(suite, run_plan(manifest)).targets
+    missing = [t for t in targets if t not in outputs]
     if missing:
         raise ConfigError(f"{run_dir}: no outputs for target(s) {', '.join(missing)}",
                           hint="rescore only the targets the run generated, or run the suite again")
     samples = store.samples()
-    incomplete = [t for t in suite.targets if len(outputs[t]) < len(samples)]
+    incomplete = [t for t in targets if len(outputs[t]) < len(samples)]
     if incomplete:
         raise ConfigError(f"{run_dir}: run is partial for {', '.join(incomplete)}",
                           hint="resume it with the same `eval run` command (cached answers are reused)")

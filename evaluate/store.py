@@ -19,6 +19,7 @@ from typing import Any
 from lorafleet.evaluate.client import Completion
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.results import RunResults
+from lorafleet.evaluate.targets import RunPlan
 from pydantic import BaseModel, Field, ValidationError
 
 from lorafleet.errors import ConfigError
@@ -32,6 +33,8 @@ class Manifest(BaseModel):
     endpoint: str
     created_at: str
     models: dict[str, str] = Field(default_factory=dict, description="target → name sent as `model`.")
+    plan: RunPlan | None = Field(default=None, description="Every target generated: its role, the weighted alias "
+                                 "it is a version of, a baseline's few-shot turns and extra body fields.")
     status: str = "partial"
 
 

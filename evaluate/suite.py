@@ -111,6 +111,40 @@ class StatsSpec(_Strict):
     seed: int = 0
 
 
+class BaselineSpec(_Strict):
+    """A prompted base beside the zero-shot one: k-shot examples from a train split, decoding
+    constrained to the label set, or both (`kind: k_shot, constrained: true`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Its column in the results.")
+    kind: Literal["k_shot", "constrained"]
+    k: int = Field(default=3, ge=1, le=64, description="k_shot: how many examples.")
+    examples: str | None = Field(default=None, description="k_shot: a train-split JSONL, relative to the suite.")
+    seed: int = Field(default=0, description="k_shot: which examples are drawn.")
+    constrained: bool = Field(default=False, description="k_shot: also constrain decoding to the labels.")
+    choice_format: str | None = Field(default=None, description="How a label is written, e.g. '[Intent: {label}]'; "
+                                      "default: as the references write it.")
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> BaselineSpec:
+        if self.kind == "k_shot" and not self.examples:
+            raise ValueError("a k_shot baseline needs 'examples': a train-split JSONL (never val/test)")
+        if self.kind == "constrained" and self.examples:
+            raise ValueError("a constrained baseline takes no examples; for both write kind: k_shot, constrained: true")
+        if self.choice_format is not None and "{label}" not in self.choice_format:
+            raise ValueError("choice_format must contain {label}")
+        return self
+
+    @property
+    def is_constrained(self) -> bool:
+        return self.kind == "constrained" or self.constrained
+
+    def describe(self) -> str:
+        parts = [f"{self.k}-shot from {self.examples} (seed {self.seed})"] if self.kind == "k_shot" else []
+        if self.is_constrained:
+            parts.append("decoding constrained to the labels")
+        return ", ".join(parts)
+
+
 class Counterfactual(_Strict):
     """Swap attribute words (names, genders, origins) in every prompt; both directions."""
 
@@ -167,6 +201,7 @@ class Suite(_Strict):
     targets: list[str] = Field(min_length=1)
     base_model: str | None = Field(default=None, description="What `base` means; default: from /v1/models.")
     baseline: str | None = Field(default=None, description="Target the others are compared with.")
+    baselines: list[BaselineSpec] = Field(default_factory=list, description="Prompted bases, each one more target.")
     system_prompt: str | None = None
     generation: Generation = Field(default_factory=Generation)
     metrics: list[str | dict[str, dict[str, Any]]] = Field(min_length=1)
@@ -236,7 +271,8 @@ def _check_references(suite: Suite, lines: dict, path: Path) -> None:
 
     if len(set(suite.targets)) != len(suite.targets):
         fail(("targets",), "a target is listed twice", "list each target once")
-    if suite.baseline_target not in suite.targets:
+    _check_baselines(suite, fail, path)
+    if suite.baseline_target not in suite.targets and suite.baseline_target not in {b.name for b in suite.baselines}:
         fail(("baseline",), f"{suite.baseline_target!r} is not a target", "pick one of 'targets'")
     for i, gate in enumerate(suite.gates):
         if gate.metric not in FAMILY_OF or FAMILY_OF[gate.metric] == gate.metric and gate.metric in (
@@ -276,6 +312,29 @@ def _check_bias(suite: Suite, fail: Any) -> None:
         for t in limit.targets or []:
             if t not in suite.targets:
                 fail(loc, f"{t!r} is not a target", "name one of 'targets'")
+
+
+def _check_baselines(suite: Suite, fail: Any, path: Path) -> None:
+    """Baseline names are new columns; constrained needs labels; examples exist and are not the dataset."""
+    seen: set[str] = set()
+    for i, spec in enumerate(suite.baselines):
+        loc = ("baselines", i)
+        if spec.name in suite.targets or spec.name == BASE or spec.name in seen:
+            fail((*loc, "name"), f"{spec.name!r} is already a target or baseline", "give each baseline its own name")
+        seen.add(spec.name)
+        if spec.is_constrained and "classification" not in suite.metric_families():
+            fail(loc, "constrained decoding needs a label task", "add a label metric (accuracy, label_f1)")
+        if spec.examples is not None:
+            examples = Path(spec.examples) if Path(spec.examples).is_absolute() else path.parent / spec.examples
+            if not examples.is_file():
+                fail((*loc, "examples"), f"no such file {examples}",
+                     "point it at the train split (relative to the suite)")
+            dataset = suite.dataset.path
+            if dataset is not None:
+                data = Path(dataset) if Path(dataset).is_absolute() else path.parent / dataset
+                if data.resolve() == examples.resolve():
+                    fail((*loc, "examples"), "the examples are the suite's own dataset (held out)",
+                         "draw k-shot examples from the train split, e.g. ../data/NAME/train.jsonl")
 
 
 def load_suite(path: Path) -> Suite:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lorafleet.evaluate.baselines import target_notes, verdict_lines
 from lorafleet.evaluate.results import Comparison, RunResults
 
 
@@ -43,6 +44,12 @@ def render_markdown(results: RunResults) -> str:
     for name, target in results.targets.items():
         served = ", ".join(target.served_models) or target.model
         lines.append(f"| `{name}` | {served} | " + " | ".join(_cell(results, name, m, comps) for m in metrics) + " |")
+    if notes := target_notes(results):
+        lines += [""] + [f"- {n}" for n in notes]
+    if verdicts := verdict_lines(results):
+        level = int(results.confidence * 100)
+        lines += ["", f"**Against the best baseline** (paired, adapter − baseline, {level}% CI):", ""]
+        lines += [f"- {v.replace(' NOT ', ' **NOT** ')}" for v in verdicts]
     if results.gates:
         lines += ["", "| gate | target | result | detail |", "|---|---|---|---|"]
         for g in results.gates:

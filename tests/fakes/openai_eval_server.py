@@ -3,7 +3,8 @@
 Answers are scripted per model: `answers[model][last user message]`, else `default(model, text)`.
 `fail_next` queues HTTP status codes to return before answering normally and `fail_from` makes
 every request after the first N fail (fault injection);
-`requests` logs every chat request body. `served` maps a requested name to the version reported.
+`requests` logs every chat request body; `respond(body)` can answer from the whole body (few-shot turns,
+structured outputs). `served` maps a requested name to the version reported.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class FakeState:
     api_key: str | None = None
     token_logprob: dict[str, float] | None = None  # model → logprob of every prompt token; None: no logprobs
     delay_s: float = 0.0  # per answer, to make concurrency observable
+    respond: Callable[[dict[str, Any]], str | None] | None = None  # whole request body → answer (None: as usual)
     in_flight: int = 0
     max_in_flight: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -96,7 +98,9 @@ def create_app(state: FakeState) -> FastAPI:
         if model != state.base and model not in state.adapters:
             return _error(404, f"model {model!r} not found")
         text = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
-        answer = state.answers.get(model, {}).get(text)
+        answer = state.respond(body) if state.respond is not None else None
+        if answer is None:
+            answer = state.answers.get(model, {}).get(text)
         if answer is None:
             answer = state.default(model, text)
         if body.get("prompt_logprobs") is not None and state.token_logprob is not None:
