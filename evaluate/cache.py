@@ -1,4 +1,5 @@
-"""Every response, on disk, keyed by (endpoint, target, messages, params): reruns resume."""
+"""Every response, on disk, keyed by (endpoint, model sent, what answered, messages, params): reruns resume,
+and a changed base or a re-pointed model is a different key, never a stale answer."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 
-def cache_key(endpoint: str, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-    blob = json.dumps([endpoint.rstrip("/"), model, messages, params], sort_keys=True, ensure_ascii=False)
+def cache_key(endpoint: str, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+              identity: str = "") -> str:
+    """`identity` names what answers for `model` (served version, base weights); see EvalClient.identity."""
+    blob = json.dumps([endpoint.rstrip("/"), model, identity, messages, params], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

@@ -67,6 +67,8 @@ class EvalClient:
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         self.transport = transport
+        # model sent → what answers for it (served version, base weights): part of every cache key.
+        self.identity: dict[str, str] = {}
 
     def _client(self) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -100,6 +102,7 @@ class EvalClient:
             pinned = f"{info.get('adapter')}@{info.get('version')}"
             use_pin = info.get("kind") == "adapter" and info.get("version") and pinned in ids
             models[target] = pinned if use_pin else target
+        self.identity.update({m: served_identity(m, listed) for m in models.values()})
         return models
 
     async def resolve_base(self) -> str:
@@ -148,7 +151,7 @@ class EvalClient:
                    shape: RequestShape | None = None) -> Completion:
         messages = [m.model_dump() for m in (shape.messages(sample) if shape else sample.messages)]
         params = shape.params(params) if shape else params
-        key = cache_key(self.endpoint, model, messages, params)
+        key = cache_key(self.endpoint, model, messages, params, self.identity.get(model, ""))
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return Completion(**{**hit, "cached": True})
         started = time.perf_counter()
@@ -184,7 +187,7 @@ class EvalClient:
         messages = [m.model_dump() for m in prompt] + [{"role": "assistant", "content": sample.reference}]
         params = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "add_generation_prompt": False,
                   "continue_final_message": True}
-        key = cache_key(self.endpoint, model, messages, params)
+        key = cache_key(self.endpoint, model, messages, params, self.identity.get(model, ""))
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return None if hit.get("nll") is None else (hit["nll"], hit["tokens"])
         resp = await self._request(client, "POST", "/v1/chat/completions", {"model": model, "messages": messages,
@@ -239,6 +242,34 @@ class EvalClient:
             except ValueError:
                 pass
         return self.backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)
+
+
+def base_identity(listed: list[dict[str, Any]]) -> str:
+    """The base's weights sha256 where the lorafleet gateway reports it, else its id and `root` (a raw
+    vLLM lists the model path there; its `created` is the time of the request, so it would key nothing)."""
+    base = next((m for m in listed if (m.get("lorafleet") or {}).get("kind") == "base"), None) or next(
+        (m for m in listed if not m.get("parent") and "@" not in str(m.get("id"))), None)
+    if base is None:
+        return ""
+    sha = (base.get("lorafleet") or {}).get("weights_sha256")
+    return f"base sha256:{sha}" if sha else f"base {base.get('id')} root={base.get('root')}"
+
+
+def served_identity(model: str, listed: list[dict[str, Any]]) -> str:
+    """What answers for `model`: its served version (`name@vN`) or, unversioned, its listed `root`
+    (a LoRA path), on the base's identity. Empty when the endpoint lists nothing."""
+    base = base_identity(listed)
+    entry = next((m for m in listed if m.get("id") == model), None)
+    if entry is None or not entry.get("parent"):
+        return base
+    info = entry.get("lorafleet") or {}
+    if info.get("version"):
+        own = f"{info.get('adapter')}@{info['version']}"
+    elif info.get("versions"):  # a weighted alias: its split is what answers
+        own = f"{model} versions={sorted(info['versions'].items())}"
+    else:
+        own = f"{model} root={entry.get('root')}"
+    return f"{own} on {base}"
 
 
 def reference_nll(prompt_logprobs: Any, reference: str) -> tuple[float, int] | None:

@@ -20,7 +20,7 @@ from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import Proxy
 from lorafleet.serve.routes import admin, openai, ops
 from lorafleet.serve.routing import Router
-from lorafleet.serve.state import GatewayState
+from lorafleet.serve.state import GatewayState, base_info
 from lorafleet.serve.upstream import ChildSupervisor, HttpUpstream, UpstreamPool, VllmLaunch, free_port
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -80,7 +80,7 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
     return GatewayState(settings=settings, registry=registry, router=router, pool=pool, hot_sets=hot_sets,
                         auth=Authenticator(key_store, ttl=settings.key_cache_ttl, no_auth=settings.no_auth),
                         metrics=metrics, metrics_registry=metrics_registry, capture=capture, proxy=proxy,
-                        key_store=key_store, supervisor=supervisor)
+                        key_store=key_store, supervisor=supervisor, base_info=base_info(settings.base_dir))
 
 
 def _upstreams(settings: ServeSettings) -> tuple[list[HttpUpstream], ChildSupervisor | None]:

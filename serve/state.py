@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lorafleet.serve.adapters import HotSet
@@ -18,7 +19,8 @@ from lorafleet.serve.routing import Router
 from lorafleet.serve.upstream import ChildSupervisor, HttpUpstream, UpstreamPool
 from prometheus_client import CollectorRegistry
 
-from lorafleet.errors import RegistryError
+from lorafleet.base_model import read_manifest
+from lorafleet.errors import BaseModelError, RegistryError
 from lorafleet.registry import Registry, VersionSummary
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class GatewayState:
     supervisor: ChildSupervisor | None = None
     created: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    base_info: dict[str, Any] = field(default_factory=dict)  # the base's manifest identity, listed on /v1/models
 
     async def start(self) -> None:
         if self.supervisor is not None:
@@ -91,7 +94,7 @@ class GatewayState:
         `versions` and weights, since no single version answers for it (a client evaluating it
         must try each version)."""
         base = self.router.base_name
-        cards = [_card(base, None, {"kind": "base"})]
+        cards = [_card(base, None, {"kind": "base", **self.base_info})]
         by_name: dict[str, list[VersionSummary]] = {}
         for row in self.registry.summaries():
             if not row.error and row.version != "-":
@@ -117,6 +120,17 @@ class GatewayState:
                 entries.insert(0, (name, _version_info(name, latest, aliases_of_version)))
             cards += [_card(ref, base, info) for ref, info in entries if key.allows(ref)]
         return cards
+
+
+def base_info(folder: Path) -> dict[str, Any]:
+    """The base's model id and weights sha256 from its manifest (clients key cached answers on them);
+    empty when the folder has no manifest. The manifest is trusted: `base prepare` checked the weights."""
+    try:
+        manifest = read_manifest(folder)
+    except BaseModelError as exc:
+        log.warning("base identity not listed on /v1/models: %s", exc)
+        return {}
+    return {} if manifest is None else {"model_id": manifest.model_id, "weights_sha256": manifest.weights_sha256}
 
 
 def _version_info(name: str, version: str, aliases_of_version: dict[str, list[str]]) -> dict[str, Any]:

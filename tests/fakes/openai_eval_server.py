@@ -40,6 +40,9 @@ class FakeState:
     api_key: str | None = None
     token_logprob: dict[str, float] | None = None  # model → logprob of every prompt token; None: no logprobs
     delay_s: float = 0.0  # per answer, to make concurrency observable
+    base_info: dict[str, Any] = field(default_factory=dict)  # the base's `lorafleet` entry, e.g. weights_sha256
+    roots: dict[str, str] = field(default_factory=dict)  # model → the `root` /v1/models lists (a LoRA path)
+    reject_prompt_logprobs: bool = False  # answer 400 to `prompt_logprobs`, as an endpoint without them does
     respond: Callable[[dict[str, Any]], str | None] | None = None  # whole request body → answer (None: as usual)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -62,8 +65,10 @@ def create_app(state: FakeState) -> FastAPI:
     async def models(request: Request) -> Any:
         if not authorised(request):
             return _error(401, "bad key")
-        data = [{"id": state.base, "object": "model", "root": f"/models/{state.base}", "parent": None}]
-        data += [{"id": a, "object": "model", "root": a, "parent": state.base} for a in state.adapters]
+        data = [{"id": state.base, "object": "model", "root": state.roots.get(state.base, f"/models/{state.base}"),
+                 "parent": None, **({"lorafleet": state.base_info} if state.base_info else {})}]
+        data += [{"id": a, "object": "model", "root": state.roots.get(a, a), "parent": state.base}
+                 for a in state.adapters]
         for entry in data:
             if entry["id"] in state.pins:
                 name = entry["id"].split("@")[0]
@@ -103,6 +108,8 @@ def create_app(state: FakeState) -> FastAPI:
             answer = state.answers.get(model, {}).get(text)
         if answer is None:
             answer = state.default(model, text)
+        if body.get("prompt_logprobs") is not None and state.reject_prompt_logprobs:
+            return _error(400, "prompt_logprobs is not supported by this server")
         if body.get("prompt_logprobs") is not None and state.token_logprob is not None:
             return _with_prompt_logprobs(state, model, body)
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),

@@ -28,6 +28,7 @@ def fake(fake_server: RunningServer) -> RunningServer:
     st.served, st.fail_next, st.fail_from, st.api_key = {"intents@latest": "intents@v3"}, [], None, None
     st.adapters.append("intents@latest")
     st.delay_s, st.max_in_flight, st.token_logprob, st.pins = 0.0, 0, None, {}
+    st.base_info, st.roots, st.reject_prompt_logprobs = {}, {}, False
     st.requests.clear()
     return fake_server
 
