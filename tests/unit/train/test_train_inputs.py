@@ -90,5 +90,14 @@ def test_missing_flags_and_bad_config(capsys, tmp_path: Path) -> None:
 
 
 def test_resume_without_checkpoint(capsys, tmp_path: Path, tiny_model: Path, val: Path) -> None:
-    code, err = _train(capsys, tmp_path, tiny_model, write_jsonl(tmp_path / "train.jsonl", GOOD), val, "--resume")
-    assert code == 2 and "--resume: no checkpoint" in err
+    train = write_jsonl(tmp_path / "train.jsonl", GOOD)
+    code, err = _train(capsys, tmp_path, tiny_model, train, val, "--resume")
+    assert code == 2 and "--resume: no earlier run of 'bad'" in err and "without --resume" in err
+    from lorafleet.train import runs
+    from lorafleet.train.config import TrainConfig
+
+    # A run that stopped before its first checkpoint: nothing to continue from.
+    config = TrainConfig(name="bad", train=train, val=val, base=tiny_model, max_steps=1, track=False)
+    run_dir = runs.create_run(tmp_path / "data" / "runs", config, runs.new_run_id())
+    code, err = _train(capsys, tmp_path, tiny_model, train, val, "--resume")
+    assert code == 2 and f"--resume: run {run_dir.name} of 'bad' has no checkpoint" in err
