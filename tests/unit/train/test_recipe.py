@@ -116,6 +116,12 @@ def test_cli_train_registers_servable_version_with_full_card(capsys, tiny_model:
         assert card.metrics[key] not in (None, {}), key
     assert card.metrics["val_loss"]["points"] and card.library_versions["peft"]
     assert servability_problems(inspect_peft_dir(resolved.path), max_lora_rank=16) == []
+    from lorafleet.heldout import HeldOutIndex
+
+    # The guard checked the data (clean) against the index, which now holds this run's val file.
+    assert card.held_out == {"index_version": HeldOutIndex(data_dir).version(), "matches": 0, "allowed": False,
+                             "threshold": 0.8, "found": []}
+    assert Path(result["run_dir"]).parent == data_dir / "runs" / "tiny-intents"
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
