@@ -14,12 +14,16 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from lorafleet.train.data.neardup import near_duplicate_pairs
 from lorafleet.train.data.split import assign
 
+from lorafleet.formats import parse_record, to_chat
 from lorafleet.fsutil import atomic_write_jsonl
+from lorafleet.heldout import heldout_text
 
 SEED = 20261127
 RATIOS = (0.7, 0.1, 0.2)
+GUARD_THRESHOLD = 0.8  # lorafleet.heldout's default near-match threshold
 
 PRODUCTS = ["wireless earbuds", "standing desk", "coffee grinder", "running shoes", "phone case", "air fryer",
             "yoga mat", "laptop stand", "smart watch", "desk lamp", "backpack", "blender", "kettle",
@@ -276,12 +280,18 @@ def ticket_summaries(rng: random.Random, n: int = 300) -> list[dict]:
 
 
 def split_rows(rows: list[dict], text_of: Callable[[dict], str]) -> dict[str, list[dict]]:
-    """The project's own content-hash split, near-dups on one side (threshold 0.9: templates share words)."""
+    """The project's own content-hash split, near-dups on one side (threshold 0.9: templates share words).
+
+    Records the held-out guard sees as near each other (their prompts, at its default threshold) are kept on
+    one side too, so `lorafleet data check` and `train` find nothing held out in the clean train splits.
+    """
     import hashlib
 
     texts = [text_of(r) for r in rows]
     hashes = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
-    names = assign(texts, hashes, RATIOS, threshold=0.9)
+    prompts = [heldout_text(to_chat(parse_record(r)).messages) for r in rows]
+    names = assign(texts, hashes, RATIOS, threshold=0.9,
+                   extra_pairs=near_duplicate_pairs(prompts, GUARD_THRESHOLD))
     return {s: [r for r, n in zip(rows, names, strict=True) if n == s] for s in ("train", "val", "test")}
 
 

@@ -141,14 +141,29 @@ def step_data() -> None:
     console.print("[dim]$ python examples/generate_datasets.py --out examples/data[/]")
     subprocess.run([sys.executable, "examples/generate_datasets.py", "--out", "examples/data"],
                    cwd=REPO, check=True)
+    guard: dict[str, object] = {}
     for task in TASKS:
-        files = [f"examples/data/{task}/{s}.jsonl" for s in ("train", "val", "test")]
-        lorafleet("data", "check", *files)
+        d = f"examples/data/{task}"
+        # --val/--test: the held-out guard records them; later `train` runs are checked against them.
+        out = shown(lorafleet("data", "check", "--train", f"{d}/train.jsonl", "--val", f"{d}/val.jsonl",
+                              "--test", f"{d}/test.jsonl", capture=True))
+        guard[task] = out.count("error held_out ") + out.count("error leakage ")
     console.print("[bold]the intentionally dirty copy — data check must find its problems:[/]")
-    lorafleet("data", "check", "examples/data/support-intents-dirty/train.jsonl",
-              "examples/data/support-intents/val.jsonl", ok=(1,))
-    lorafleet("data", "split", "examples/data/support-intents-dirty/train.jsonl",
-              "--out", str(DEMO / "split-dirty"))
+    out = shown(lorafleet("data", "check", "--train", "examples/data/support-intents-dirty/train.jsonl",
+                          "--val", "examples/data/support-intents/val.jsonl", ok=(1,), capture=True))
+    guard["dirty: check"] = out.count("error held_out ") + out.count("error leakage ")
+    # Splitting the dirty copy puts some of its (planted) val records in train: the guard refuses (exit 1).
+    out = shown(lorafleet("data", "split", "examples/data/support-intents-dirty/train.jsonl",
+                          "--out", str(DEMO / "split-dirty"), ok=(1,), capture=True))
+    guard["dirty: split refused"] = out.count(": matches held-out ")
+    save_json(DEMO / "guard.json", guard)
+
+
+def shown(result: subprocess.CompletedProcess[str]) -> str:
+    """Print a captured command's output as it was and return it (stdout + stderr)."""
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result.stdout + result.stderr
 
 
 def train_step(task: str) -> Callable[[], None]:
@@ -248,6 +263,11 @@ def summary() -> None:
         for row in summary_rows(data):
             table.add_row(task, *row)
     console.print(table)
+    guard = load_json(DEMO / "guard.json")
+    if guard:
+        found = ", ".join(f"{k}: {v}" for k, v in guard.items())
+        console.print(f"[bold]held-out guard[/] (held-out prompts reaching train, per dataset): {found}",
+                      highlight=False)
     key = load_json(SECRETS).get("api_key", "<key>")
     console.print(f"""
 [bold]gateway[/]      {GATEWAY}/v1   (OpenAI-compatible; metrics at {GATEWAY}/metrics)

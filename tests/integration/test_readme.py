@@ -52,8 +52,10 @@ KEY = re.compile(r"\blf-[A-Za-z0-9_-]{20,}")
 
 # ---- what each test runs, as the README spells it (comments removed) ----------------------------
 DATA_TRAIN = (
-    "lorafleet data check examples/data/support-intents/{train,val,test}.jsonl",
-    "lorafleet data check examples/data/support-intents-dirty/train.jsonl examples/data/support-intents/val.jsonl",
+    "lorafleet data check --train examples/data/support-intents/train.jsonl"
+    " --val examples/data/support-intents/val.jsonl --test examples/data/support-intents/test.jsonl",
+    "lorafleet data check --train examples/data/support-intents-dirty/train.jsonl"
+    " --val examples/data/support-intents/val.jsonl",
     "lorafleet data split my.jsonl --out splits/ --ratios 0.8,0.1,0.1",
     "lorafleet train --config examples/train/support-intents.yaml",
     "lorafleet adapters show support-intents --json",
@@ -285,7 +287,9 @@ def test_data_and_train_tour(tmp_path: Path, tiny_model: Path) -> None:
     for kind in ("leakage", "label_variants", "pii", "duplicate"):
         assert kind in dirty.stdout, kind
 
-    source = REPO / "examples" / "data" / "support-intents" / "train.jsonl"
+    # Not support-intents' own train set: the split's val/test become held out, and the train below would
+    # (rightly) be refused for training on them.
+    source = REPO / "examples" / "data" / "ticket-summaries" / "train.jsonl"
     shutil.copy(source, cwd / "my.jsonl")
     sh(DATA_TRAIN[2], cwd)
     counts = {p: len((cwd / "splits" / f"{p}.jsonl").read_text().splitlines()) for p in ("train", "val", "test")}

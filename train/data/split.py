@@ -54,13 +54,15 @@ def _split_of_key(key: str, ratios: tuple[float, float, float]) -> str:
 
 
 def assign(texts: Sequence[str], hashes: Sequence[str], ratios: tuple[float, float, float],
-           threshold: float = 0.8, *, keyed: Sequence[bool] | None = None) -> list[str]:
+           threshold: float = 0.8, *, keyed: Sequence[bool] | None = None,
+           extra_pairs: Sequence[tuple[int, int, float]] = ()) -> list[str]:
     """A split name per record: a near-dup group lands where its smallest content hash points.
 
     Only members with `keyed` True choose the group's key (originals, not synthetic records), so adding
     paraphrases never moves an original; a group of un-keyed members only is keyed by all of them.
+    `extra_pairs` are further (i, j, score) pairs that must share a side (e.g. near in another text).
     """
-    group_of = groups(len(texts), near_duplicate_pairs(texts, threshold))
+    group_of = groups(len(texts), [*near_duplicate_pairs(texts, threshold), *extra_pairs])
     keyed = keyed if keyed is not None else [True] * len(texts)
     key: dict[int, str] = {}
     for i, g in enumerate(group_of):
