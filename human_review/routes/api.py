@@ -8,13 +8,15 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from lorafleet.human_review import crud, export, stats
 from lorafleet.human_review.db import writing
-from lorafleet.human_review.deps import ApiCallerDep, SessionDep
-from lorafleet.human_review.errors import Forbidden, NotFound, ReviewError
+from lorafleet.human_review.deps import ApiCallerDep, SessionDep, SettingsDep
+from lorafleet.human_review.errors import Conflict, Forbidden, NotFound, ReviewError
 from lorafleet.human_review.models import Queue
 from lorafleet.human_review.rubrics import Rubric
 from lorafleet.human_review.schemas import QueueCreate, QueueCreated, QueuePublic
+from lorafleet.human_review.service import guard_training
 from pydantic import ValidationError
 
+from lorafleet.errors import HeldOutError
 from lorafleet.samples import IngestRequest, IngestResponse
 
 router = APIRouter()
@@ -73,11 +75,23 @@ def queue_stats(name: str, session: SessionDep, caller: ApiCallerDep) -> dict:
 
 
 @router.get("/queues/{name}/export")
-def queue_export(name: str, session: SessionDep, caller: ApiCallerDep,
-                 format: export.ExportFormat = "grades") -> StreamingResponse:  # noqa: A002 - query name
+def queue_export(name: str, session: SessionDep, caller: ApiCallerDep, settings: SettingsDep,
+                 format: export.ExportFormat = "grades",  # noqa: A002 - query name
+                 resolve: export.Resolve = "majority", include_held_out: bool = False,
+                 allow_held_out: bool = False) -> StreamingResponse:
+    """Admin token only: JSONL. Training exports: one record per item by `resolve`, eval-run items left out
+    unless include_held_out, and a 409 naming each record whose prompt is held out unless allow_held_out."""
     if not caller.admin:
         raise Forbidden("exports need the admin token", hint="queue tokens may only ingest")
     queue = _queue(session, caller, name)
-    rows = list(export.export_rows(session, queue=queue, fmt=format))
+    if format == "training":
+        result = export.training_export(session, queue=queue, resolve=resolve, include_held_out=include_held_out)
+        try:
+            guard_training(result.records, settings.data_dir, allow=allow_held_out)
+        except HeldOutError as exc:
+            raise Conflict(exc.message, hint="remove those items, or pass allow_held_out=true") from None
+        rows = result.records
+    else:
+        rows = list(export.export_rows(session, queue=queue, fmt=format))
     return StreamingResponse((json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                              media_type="application/x-ndjson")

@@ -219,23 +219,67 @@ def export_cmd(
     format: Annotated[Literal["grades", "training", "pairs"],  # noqa: A002 - the flag is --format
                       typer.Option(help="grades | training | pairs")] = "grades",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    resolve: Annotated[Literal["majority", "adjudicated", "all"], typer.Option(
+        help="training, with overlap: one record per item from the answer most reviewers gave (ties are "
+             "conflicts, left out); adjudicated: only items an admin graded, the admin's grade decides; "
+             "all: one record per grade (duplicates, marked).")] = "majority",
+    include_held_out: Annotated[bool, typer.Option(
+        "--include-held-out", help="training: also export items that came from eval runs, marked "
+                                   "held_out (train's guard still refuses them).")] = False,
+    allow_held_out: Annotated[bool, typer.Option(
+        "--allow-held-out", help="training: export records whose prompt is in the held-out index "
+                                 "(marked held_out) instead of refusing with exit 1.")] = False,
     database_url: DbOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a summary (records, conflicts, left out) "
+                                                          "as JSON; needs -o.")] = False,
 ) -> None:
-    """Export grades, training records (chat messages) or preference pairs as JSONL."""
+    """Export grades, training records (chat messages) or preference pairs as JSONL.
+
+    Training exports leave out items from eval runs (their prompts are test data) and refuse records
+    whose prompt is held out (exit 1); conflicts between reviewers are listed on stderr."""
     import json
 
-    from lorafleet.human_review import crud, db, export
+    from lorafleet.cli.common import err_console
+    from lorafleet.human_review.service import export_records, write_export
 
+    if json_out and output is None:
+        raise ConfigError("--json prints the export summary on stdout", hint="write the records with -o FILE")
+    settings = _settings(ctx, review_database_url=database_url)
     factory = _factory(ctx, database_url)
+    kw = {"resolve": resolve, "include_held_out": include_held_out, "allow_held_out": allow_held_out}
     if output is not None:
-        from lorafleet.human_review.service import write_export
-
-        n = write_export(factory, queue=queue, fmt=format, out=output)
-        console.print(f"wrote {n} record(s) to {output}", highlight=False)
-        return
-    with db.session_scope(factory) as session:
-        for row in export.export_rows(session, queue=crud.get_queue(session, name=queue), fmt=format):
+        summary = write_export(factory, queue=queue, fmt=format, out=output, data_dir=settings.data_dir, **kw)
+    else:
+        rows, summary = export_records(factory, queue=queue, fmt=format, data_dir=settings.data_dir, **kw)
+        for row in rows:
             typer.echo(json.dumps(row, ensure_ascii=False))
+    _report_export(summary, err_console)
+    if json_out:
+        print_json(summary)
+    elif output is not None:
+        console.print(f"wrote {summary.records} record(s) to {output}", highlight=False)
+
+
+def _report_export(summary, err) -> None:  # noqa: ANN001 - ExportSummary, rich Console
+    """What a training export left out or let through, on stderr: one plain line each."""
+    def say(text: str) -> None:
+        err.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    if summary.index_note:
+        say(f"note: {summary.index_note}")
+    if summary.held_out_left_out:
+        say(f"left out {len(summary.held_out_left_out)} item(s) from eval runs (held out; --include-held-out "
+            f"exports them marked): {', '.join(summary.held_out_left_out)}")
+    if summary.conflicts:
+        kept = " (exported, marked conflict)" if summary.resolve == "all" else " (left out)"
+        say(f"{len(summary.conflicts)} conflict(s) between reviewers{kept}: "
+            f"{', '.join(c.item for c in summary.conflicts)}")
+        for c in summary.conflicts:
+            say(f"  {c.item}: {c.why}: " + "; ".join(f"{n}x {a!r}" for a, n in c.answers.items()))
+    if summary.resolve == "adjudicated" and summary.unadjudicated:
+        say(f"left out {summary.unadjudicated} item(s) no admin has graded yet")
+    for m in summary.held_out_allowed:
+        say(f"warning (--allow-held-out): {m.line()}")
 
 
 @app.command()
