@@ -12,7 +12,7 @@ from itertools import combinations
 from typing import Any, Literal
 
 from lorafleet.evaluate.dataset import Sample
-from lorafleet.evaluate.suite import BASE, Gate, Suite
+from lorafleet.evaluate.suite import BASE, Gate, ReviewSpec, Suite
 from pydantic import BaseModel, Field
 
 from lorafleet.formats import Message
@@ -157,3 +157,13 @@ def effective_suite(suite: Suite, plan: RunPlan) -> Suite:
     if isinstance(limits, dict) and limits:
         update["bias"] = {k: v.model_copy(update={"targets": chosen(v.targets, baseline)}) for k, v in limits.items()}
     return suite.model_copy(update=update)
+
+
+def for_review(spec: ReviewSpec, plan: RunPlan, outputs: dict[str, dict[str, Any]]
+               ) -> tuple[ReviewSpec, dict[str, dict[str, Any]]]:
+    """What a run sends for human review: the suite's targets (declared baselines are measured, not
+    reviewed), with a weighted alias in `pairwise` read as its most weighted version."""
+    kept = {t: rows for t, rows in outputs.items() if (p := plan.get(t)) is None or p.role != "baseline"}
+    if spec.pairwise:
+        spec = spec.model_copy(update={"pairwise": [plan.heaviest(t) for t in spec.pairwise]})
+    return spec, kept

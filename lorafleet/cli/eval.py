@@ -83,9 +83,12 @@ def _push(st, run_dir: Path, suite) -> bool:
     if not st.review_url:
         err_console.print("review push skipped: set LORAFLEET_REVIEW_URL (and LORAFLEET_REVIEW_TOKEN)")
         return True
+    from lorafleet.evaluate.runner import run_plan
+    from lorafleet.evaluate.targets import for_review
+
     store = RunStore(run_dir)
-    items = review_items(store.manifest().run_id, suite.name, suite.review, store.samples(), store.outputs(),
-                         store.scores())
+    spec, outputs = for_review(suite.review, run_plan(store.manifest()), store.outputs())
+    items = review_items(store.manifest().run_id, suite.name, spec, store.samples(), outputs, store.scores())
     token = st.review_token.get_secret_value() if st.review_token else ""
     client = ReviewClient(st.review_url, token, st.eval_dir / "review-spool.jsonl")
     try:

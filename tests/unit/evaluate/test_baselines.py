@@ -235,3 +235,17 @@ def test_constrained_needs_a_label_task(tmp_path) -> None:
                      .replace("  - label_f1 >= 0.5\n", "  - rougeL >= 0.1\n"))
     with pytest.raises(ConfigError, match="constrained decoding needs a label task"):
         load_suite(suite)
+
+
+def test_review_gets_the_suite_targets_not_the_baselines() -> None:
+    from lorafleet.evaluate.suite import ReviewSpec
+    from lorafleet.evaluate.targets import PlannedTarget, RunPlan, for_review
+
+    plan = RunPlan(targets=[
+        PlannedTarget(name="base", model="m", role="base", ref="base"),
+        PlannedTarget(name="x@v1", model="x@v1", role="adapter", ref="x@canary", alias_of="x@canary", weight=0.9),
+        PlannedTarget(name="x@v2", model="x@v2", role="adapter", ref="x@canary", alias_of="x@canary", weight=0.1),
+        PlannedTarget(name="base-3shot", model="m", role="baseline", ref="base-3shot")])
+    outputs = {t.name: {} for t in plan.targets}
+    spec, kept = for_review(ReviewSpec(sample=2, pairwise=["base", "x@canary"]), plan, outputs)
+    assert set(kept) == {"base", "x@v1", "x@v2"} and spec.pairwise == ["base", "x@v1"]
