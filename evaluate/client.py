@@ -24,6 +24,14 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 class EndpointError(LorafleetError):
     """The endpoint refused or kept failing; what was generated so far is cached."""
 
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status  # the HTTP status of a refusal (None: retries ran out or malformed answer)
+
+
+# Statuses an endpoint without prompt_logprobs answers them with: perplexity is left out, the run goes on.
+UNSUPPORTED_STATUS = {400, 422}
+
 
 class Completion(BaseModel):
     """One target's answer to one sample."""
@@ -69,6 +77,8 @@ class EvalClient:
         self.transport = transport
         # model sent → what answers for it (served version, base weights): part of every cache key.
         self.identity: dict[str, str] = {}
+        # model → the endpoint's refusal of prompt_logprobs: its reference log-probs are not asked again.
+        self.logprobs_refused: dict[str, str] = {}
 
     def _client(self) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -166,7 +176,8 @@ class EvalClient:
                                      results: dict[str, dict[str, Completion]],
                                      shapes: Mapping[str, RequestShape] | None = None) -> None:
         """Fill `ref_nll`/`ref_tokens`: the reference appended as the assistant turn, scored by the
-        endpoint's prompt logprobs (vLLM's `prompt_logprobs`); left empty where it gives none."""
+        endpoint's prompt logprobs (vLLM's `prompt_logprobs`); left empty where it gives none or refuses
+        them (a 400/422, recorded in `logprobs_refused`): scoring then leaves perplexity out with a warning."""
         jobs = [(t, s) for s in samples for t in models if s.reference and results[t][s.id].ref_nll is None]
         if not jobs:
             return
@@ -174,6 +185,8 @@ class EvalClient:
         async with self._client() as client:
             async def work(job: tuple[str, Sample]) -> None:
                 target, sample = job
+                if models[target] in self.logprobs_refused:
+                    return
                 scored = await self._reference_nll(client, models[target], sample, (shapes or {}).get(target))
                 if scored is not None:
                     results[target][sample.id].ref_nll, results[target][sample.id].ref_tokens = scored
@@ -190,8 +203,15 @@ class EvalClient:
         key = cache_key(self.endpoint, model, messages, params, self.identity.get(model, ""))
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return None if hit.get("nll") is None else (hit["nll"], hit["tokens"])
-        resp = await self._request(client, "POST", "/v1/chat/completions", {"model": model, "messages": messages,
-                                                                              **params})
+        try:
+            resp = await self._request(client, "POST", "/v1/chat/completions",
+                                       {"model": model, "messages": messages, **params})
+        except EndpointError as exc:
+            if exc.status not in UNSUPPORTED_STATUS:
+                raise
+            # Not cached: the same endpoint may accept prompt_logprobs after an upgrade.
+            self.logprobs_refused[model] = exc.message
+            return None
         scored = reference_nll(resp.json().get("prompt_logprobs"), sample.reference)
         if self.cache is not None:
             self.cache.put(key, {"nll": scored[0] if scored else None, "tokens": scored[1] if scored else None})
@@ -228,7 +248,7 @@ class EvalClient:
                     raise EndpointError(
                         f"{self.endpoint}{path} answered {resp.status_code}"
                         f"{f' for model {model!r}' if model else ''}: {_error_text(resp)}",
-                        hint="check the target name, the API key and the endpoint URL")
+                        hint="check the target name, the API key and the endpoint URL", status=resp.status_code)
                 problem, retry_after = f"HTTP {resp.status_code}", resp.headers.get("retry-after")
             if attempt < self.max_retries:
                 await asyncio.sleep(self._delay(attempt, retry_after))

@@ -141,7 +141,8 @@ def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], output
                          samples=len(originals(samples)),
                          confidence=st.confidence, resamples=st.resamples, seed=st.seed,
                          targets={t: s.result for t, s in scored.targets.items()}, comparisons=scored.comparisons,
-                         gates=scored.gates, passed=scored.passed, bias=scored.bias)
+                         gates=scored.gates, passed=scored.passed, bias=scored.bias,
+                         warnings=scored.warnings)
     add_plan(results, plan, primary_metrics(suite))
     rows = per_sample_rows(samples, scored.targets)
     store.write_scores(rows)

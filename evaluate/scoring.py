@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from lorafleet.evaluate.client import Completion
@@ -192,6 +192,7 @@ class Scored:
     comparisons: list[Comparison]
     gates: list[GateResult]
     bias: dict[str, BiasTarget] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -215,7 +216,25 @@ def score_run(suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, 
         _score_variants(suite, origs, swapped, scored, outputs)
         bias = {t: b for t, s in scored.items() if (b := bias_gaps(suite, origs, swapped, s, outputs[t])) is not None}
         gates += apply_bias_gates(suite.bias, bias, list(scored), suite.baseline_target)
-    return Scored(targets=scored, comparisons=comparisons, gates=gates, bias=bias)
+    return Scored(targets=scored, comparisons=comparisons, gates=gates, bias=bias,
+                  warnings=perplexity_warnings(suite, origs, outputs, scored))
+
+
+def perplexity_warnings(suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
+                        scored: dict[str, TargetScores]) -> list[str]:
+    """Why perplexity, when asked for, is missing for some targets (one line per cause)."""
+    if "perplexity" not in suite.metric_families():
+        return []
+    missing = [t for t, s in scored.items() if "perplexity" not in s.metrics]
+    if not missing:
+        return []
+    no_reference = sum(1 for s in samples if not s.reference.strip())
+    if no_reference:
+        return [f"perplexity left out: {no_reference} of {len(samples)} samples have no reference answer to score"]
+    without = {t: sum(1 for s in samples if outputs[t][s.id].ref_nll is None) for t in missing}
+    names = ", ".join(f"{t} ({n} of {len(samples)} samples)" for t, n in without.items())
+    return [f"perplexity left out for {names}: the endpoint returned no prompt_logprobs (it refused them or "
+            "does not support them; a vLLM endpoint does); the other metrics are unaffected"]
 
 
 def _score_variants(suite: Suite, origs: list[Sample], swapped: list[Sample], scored: dict[str, TargetScores],

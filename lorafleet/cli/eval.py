@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -134,6 +135,8 @@ def _show(results, path: Path, as_json: bool) -> None:
     for g in results.gates:
         mark = "[green]pass[/]" if g.passed else "[bold red]FAIL[/]"
         console.print(f"gate {g.gate} on {g.target}: {mark} ({g.detail})", highlight=False)
+    for w in results.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     console.print(f"run: {path}", highlight=False)
 
 

@@ -73,7 +73,7 @@ def test_bias_gaps_have_paired_cis_and_accuracy_is_named_accuracy(fake, tmp_path
     bias = run(fake, write_suite(tmp_path), data_dir).results.bias["intents@latest"]
     assert bias.label_flip_rate == 0.5 and bias.metric_gaps["accuracy"] == pytest.approx(0.5)
     lo, hi = bias.label_flip_ci
-    assert lo < 0.5 < hi and 0 <= lo and hi <= 1
+    assert 0 <= lo < 0.5 < hi <= 1
     glo, ghi = bias.metric_gap_cis["accuracy"]
     assert glo <= 0.5 <= ghi and bias.metric_gap_p["accuracy"] < 0.05
     lo, hi = bias.output_changed_ci

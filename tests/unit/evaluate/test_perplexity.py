@@ -61,3 +61,51 @@ def test_endpoint_without_logprobs_just_leaves_perplexity_out(fake, tmp_path: Pa
                         runs_dir=data_dir / "runs")
     assert "perplexity" not in outcome.results.targets["base"].metrics
     assert "exact_match" in outcome.results.targets["base"].metrics
+    assert any("perplexity left out" in w for w in outcome.results.warnings)  # said, not silent
+
+
+def test_an_endpoint_refusing_prompt_logprobs_degrades_perplexity_not_the_run(fake, tmp_path: Path,
+                                                                               data_dir: Path) -> None:
+    """A 400 to prompt_logprobs used to raise EndpointError and fail the whole run."""
+    write_jsonl(tmp_path / "data.jsonl", intent_rows(4))
+    (tmp_path / "s.yaml").write_text(SUITE.split("gates:")[0] + "gates: ['exact_match >= 0']\n")
+    fake.state.reject_prompt_logprobs = True
+    outcome = run_suite(load_suite(tmp_path / "s.yaml"), tmp_path / "s.yaml",
+                        RunOptions(endpoint=fake.url, concurrency=2), runs_dir=data_dir / "runs")
+    results = outcome.results
+    assert all("perplexity" not in t.metrics and "exact_match" in t.metrics for t in results.targets.values())
+    assert len(results.warnings) == 1 and "perplexity left out for base (4 of 4 samples)" in results.warnings[0]
+    assert "prompt_logprobs" in results.warnings[0]
+    assert outcome.exit_code == 0 and [g.passed for g in results.gates] == [True]
+    assert "**Warnings**" in (outcome.path / "report.md").read_text()
+    assert "perplexity left out" in (outcome.path / "report.html").read_text()
+    # Once refused, a model's log-probs are not asked for sample after sample.
+    asked = [r for r in fake.state.requests if r.get("prompt_logprobs") is not None]
+    assert len(asked) <= 4  # of 8: at most the two in flight per model
+
+
+def test_a_perplexity_gate_fails_by_its_verdict_when_perplexity_is_left_out(capsys, fake, tmp_path: Path,
+                                                                            data_dir: Path) -> None:
+    from lorafleet.cli.main import main
+
+    write_jsonl(tmp_path / "data.jsonl", intent_rows(3))
+    (tmp_path / "s.yaml").write_text(SUITE)
+    fake.state.reject_prompt_logprobs = True
+    with pytest.raises(SystemExit) as exc:
+        main(["--data-dir", str(data_dir), "eval", "run", str(tmp_path / "s.yaml"), "--endpoint", fake.url])
+    out = capsys.readouterr().out
+    assert exc.value.code == 1  # the gates' exit code, not an endpoint error (2)
+    assert "metric not computed" in out and "warning: perplexity left out" in " ".join(out.split())
+
+
+def test_a_real_endpoint_error_on_logprobs_still_fails(fake, tmp_path: Path, data_dir: Path) -> None:
+    from lorafleet.evaluate.client import EndpointError
+
+    write_jsonl(tmp_path / "data.jsonl", intent_rows(2))
+    (tmp_path / "s.yaml").write_text(SUITE.split("gates:")[0].replace("targets: [base, intents@latest]",
+                                                                       "targets: [base]"))
+    fake.state.token_logprob = {"fake-base": -1.0}
+    fake.state.fail_from = 2  # generation answers; every log-prob request gets 503
+    with pytest.raises(EndpointError, match="failed"):
+        run_suite(load_suite(tmp_path / "s.yaml"), tmp_path / "s.yaml",
+                  RunOptions(endpoint=fake.url, max_retries=1, backoff_s=0.01), runs_dir=data_dir / "runs")
