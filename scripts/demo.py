@@ -190,6 +190,7 @@ def step_services() -> None:
     gateway_pid = start_background("gateway", [
         "serve", "--port", str(GATEWAY_PORT), "--review-url", REVIEW,
         "--review-token", review_env["LORAFLEET_REVIEW_ADMIN_TOKEN"], "--capture", "support-intents=1.0",
+        "--review-queue", "live-capture",  # the queue created above (the default, capture, does not exist here)
     ], gateway_env)
     # The gateway listens once its vLLM child has loaded the base (60-90 s on 2 cores, more when busy).
     wait_http(f"{GATEWAY}/health", "gateway and its vLLM child", 600, gateway_pid)

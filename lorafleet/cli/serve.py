@@ -42,6 +42,8 @@ def serve(
     pin: Annotated[list[str] | None, typer.Option(help="Adapter ref to load at start and keep (repeatable).")] = None,
     review_url: Annotated[str | None, typer.Option(help="Review app URL for capture.")] = None,
     review_token: Annotated[str | None, typer.Option(help="Review app ingest token.")] = None,
+    review_queue: Annotated[str | None, typer.Option(
+        help="Review queue captured samples go to (default capture); checked at start.")] = None,
     capture: Annotated[list[str] | None, typer.Option(help="NAME=RATE: capture this share of an adapter's "
                                                            "traffic for review (repeatable).")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No keys (loopback host only).")] = False,
@@ -63,7 +65,7 @@ def serve(
         "base": base, "host": host, "port": port, "upstreams": upstream or None,
         "upstream_api_key": upstream_api_key, "base_name": base_name, "max_loras": max_loras,
         "max_lora_rank": max_lora_rank, "hot_set": hot_set, "pins": pin or None, "review_url": review_url,
-        "review_token": review_token, "capture": _rates(capture) if capture else None,
+        "review_token": review_token, "review_queue": review_queue, "capture": _rates(capture) if capture else None,
         "no_auth": True if no_auth else None, "probe": False if no_probe else None,
     }
     try:

@@ -102,10 +102,12 @@ def test_serve_capture_starts_when_the_queue_is_there_and_warns_when_the_app_is_
     (tmp_path / "data").mkdir()
     argv = ["--data-dir", str(tmp_path / "data"), "serve", "--upstream", "http://127.0.0.1:1",
             "--capture", "pirate=0.5", "--review-token", "tok"]
-    with review_server(ReviewState(token="tok", queues={"capture"})) as review:
-        code, _, err = run(capsys, *argv, "--review-url", review.url)
+    with review_server(ReviewState(token="tok", queues={"live-capture"})) as review:
+        code, _, err = run(capsys, *argv, "--review-url", review.url)  # the default queue, capture, is missing
+        assert code == 2 and not started and "capture queue 'capture' does not exist" in err
+        code, _, err = run(capsys, *argv, "--review-url", review.url, "--review-queue", "live-capture")
     assert code == 0 and len(started) == 1 and "warning" not in err, err
-    assert review.state.requests == [("GET", "/api/v1/queues/capture")]
+    assert review.state.requests[-1] == ("GET", "/api/v1/queues/live-capture")
     code, _, err = run(capsys, *argv, "--review-url", "http://127.0.0.1:9")
     assert code == 0 and len(started) == 2, err
     assert "unreachable" in err and "capture-spool.jsonl" in err
