@@ -44,7 +44,8 @@ class RunOptions:
     max_retries: int = 4
     backoff_s: float = 0.5
     timeout_s: float = 120.0
-    data_dir: Path | None = None  # the held-out guard's home: k-shot baselines' examples are checked against it
+    data_dir: Path | None = None  # the held-out guard's home: the suite's dataset is held out there, k-shot
+    # baselines' examples are checked against it (None: no guard, e.g. library use without a data dir)
 
 
 @dataclass
@@ -100,8 +101,13 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
     """Generate for every target, score, compare, gate and write the run folder."""
     data_file = dataset_path(suite, suite_path, registry)
     samples = load_samples(suite, data_file)
-    # Baselines first: a held-out k-shot example is refused before anything is written or sent.
     heldout = HeldOutIndex(opts.data_dir) if opts.data_dir is not None else None
+    notes: list[str] = []
+    if heldout is not None:
+        # From this run on the suite's dataset is held out: train, data split/augment and review export refuse it.
+        heldout.add_file(data_file, "eval", label=f"suite {suite.name}")
+        notes += [heldout.note] if heldout.note else []
+    # Baselines first: a held-out k-shot example is refused before anything is written or sent.
     baselines = plan_baselines(with_labels(suite, samples), suite_path, data_file, samples, BASE, heldout)
     run_id = new_run_id(suite.name)
     store = RunStore(opts.out or runs_dir / run_id)
@@ -126,12 +132,12 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
             cache.close()
     manifest.status = "complete"
     store.write_manifest(manifest)
-    return RunOutcome(store.path, score_and_write(store, suite, samples, outputs, manifest))
+    return RunOutcome(store.path, score_and_write(store, suite, samples, outputs, manifest, notes=notes))
 
 
 def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
-                    manifest: Manifest) -> RunResults:
-    """Score a run's outputs and write results, per-sample scores and both reports."""
+                    manifest: Manifest, *, notes: list[str] | None = None) -> RunResults:
+    """Score a run's outputs and write results, per-sample scores and both reports; `notes` join the warnings."""
     plan = run_plan(manifest)
     suite = effective_suite(suite, plan)
     scored = score_run(suite, samples, outputs, manifest.models, extra_pairs=plan.extra_pairs())
@@ -142,7 +148,7 @@ def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], output
                          confidence=st.confidence, resamples=st.resamples, seed=st.seed,
                          targets={t: s.result for t, s in scored.targets.items()}, comparisons=scored.comparisons,
                          gates=scored.gates, passed=scored.passed, bias=scored.bias,
-                         warnings=scored.warnings)
+                         warnings=[*(notes or []), *scored.warnings])
     add_plan(results, plan, primary_metrics(suite))
     rows = per_sample_rows(samples, scored.targets)
     store.write_scores(rows)
