@@ -82,9 +82,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
     train_ex, val_ex = dataset.prepare(config.train, config.val, system_prompt=config.system_prompt,
                                        allow_leakage=config.allow_leakage)
 
-    import torch
     from accelerate import PartialState
-    from peft import get_peft_model
 
     # One process unless a launcher (torchrun, accelerate launch) started several; on a machine
     # without an accelerator accelerate only forms a CPU (gloo) group when told it is on CPU.
@@ -100,6 +98,9 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
     tokenizer = load_tokenizer(base)
     train_ex, val_ex, dropped = apply_max_lengths(config, tokenizer, train_ex, val_ex)
     run_dir, checkpoint = open_run(runs_root, config, resumed, processes)
+
+    import torch
+    from peft import get_peft_model
 
     torch.manual_seed(config.seed)
     model = load_base(base, qlora=config.qlora, gradient_checkpointing=config.gradient_checkpointing)
