@@ -119,7 +119,12 @@ def plan_baselines(suite: Suite, suite_path: Path, dataset: Path, samples: list[
         if spec.kind == "k_shot":
             shape.few_shot = few_shot_turns(spec, suite, suite_path, dataset, heldout)
         if spec.is_constrained:
-            shape.extra = {"structured_outputs": {"choice": label_choices(spec, suite, samples)}}
+            choices = label_choices(spec, suite, samples)
+            # Under a grammar the model may spell a choice in tiny tokens (seen: 14 for "[Intent: greeting]"),
+            # and a choice cut by max_tokens reads as INVALID; one token per byte always fits.
+            room = max(len(c.encode("utf-8")) for c in choices) + 4
+            shape.extra = {"structured_outputs": {"choice": choices},
+                           "max_tokens": max(suite.generation.max_tokens, room)}
         out.append(PlannedTarget(name=spec.name, model=base_model, role="baseline", ref=spec.name,
                                  baseline=spec.describe(), shape=shape))
     return out

@@ -111,6 +111,8 @@ def test_constrained_sends_the_label_set_as_structured_outputs_choice(respond, t
     choice = {"choice": ["[Intent: billing]", "[Intent: refund]", "[Intent: shipping]"]}
     constrained = [b for b in respond.state.requests if "structured_outputs" in b]
     assert len(constrained) == 24 and all(b["structured_outputs"] == choice for b in constrained)
+    # room for the longest choice even at one token per byte (the suite's max_tokens is 16)
+    assert {b["max_tokens"] for b in constrained} == {len("[Intent: shipping]") + 4}
     assert sum(len(b["messages"]) == 5 for b in constrained) == 12  # k-shot + constrained
     assert results.targets["base-2shot-c"].baseline.endswith("decoding constrained to the labels")
     unconstrained = [b for b in respond.state.requests if b["model"] == "intents@latest"]
