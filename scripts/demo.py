@@ -264,6 +264,11 @@ def summary() -> None:
         for row in summary_rows(data):
             table.add_row(task, *row)
     console.print(table)
+    for task in TASKS:
+        results = DEMO / "eval" / task / "results.json"
+        if results.exists():
+            for line in baseline_verdicts(json.loads(results.read_text())):
+                console.print(f"{task}: {line}", highlight=False)
     guard = load_json(DEMO / "guard.json")
     if guard:
         found = ", ".join(f"{k}: {v}" for k, v in guard.items())
@@ -309,6 +314,18 @@ def summary_rows(data: dict) -> list[tuple[str, str, str, str]]:
                 missed = round((1 - none["recall"]) * none["support"])
                 rows.append((target, "FP rate on none", f"{1 - none['recall']:.3f} ({missed}/{none['support']})", ""))
     return rows
+
+
+def baseline_verdicts(data: dict) -> list[str]:
+    """Each adapter against the best *prompted* base (k-shot, constrained), said plainly: beats it or not."""
+    lines = []
+    for metric, best in data.get("best_baseline", {}).items():
+        for v in best.get("adapters", []):
+            lo, hi = v["ci"]
+            verdict = "beats" if v["beats"] else "does NOT beat"
+            lines.append(f"{v['target']} {verdict} the best baseline {best['baseline']} ({best['value']:.3f}) on "
+                         f"{metric}: {v['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}], p={v['p_value']:.3g}")
+    return lines
 
 
 STEPS: list[tuple[str, Callable[[], None], bool]] = [

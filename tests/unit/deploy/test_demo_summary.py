@@ -54,3 +54,16 @@ def test_timing_table_adds_install_to_the_steps_and_totals_them() -> None:
     console.print(demo.timing_table({"train": 300.0}, 300.0, None))
     text = console.export_text()
     assert "install" not in text and "300 (5.0 min)" in text
+
+
+def test_baseline_verdicts_say_plainly_whether_the_adapter_beats_the_best_prompted_base() -> None:
+    data = {"best_baseline": {"label_f1": {
+        "baseline": "base-3shot", "value": 0.41, "candidates": {"base": 0.0, "base-3shot": 0.41},
+        "adapters": [
+            {"target": "a@v1", "delta": 0.5, "ci": [0.4, 0.6], "p_value": 0.001, "significant": True, "beats": True},
+            {"target": "a@v2", "delta": 0.01, "ci": [-0.03, 0.05], "p_value": 0.6, "significant": False,
+             "beats": False}]}}}
+    lines = _demo().baseline_verdicts(data)
+    assert lines[0].startswith("a@v1 beats the best baseline base-3shot (0.410) on label_f1: +0.500")
+    assert lines[1].startswith("a@v2 does NOT beat the best baseline base-3shot")
+    assert _demo().baseline_verdicts({}) == []
