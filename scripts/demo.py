@@ -294,7 +294,9 @@ stop everything with: [bold]make stop[/]""", highlight=False)
 def summary_rows(data: dict) -> list[tuple[str, str, str, str]]:
     """(target, metric, value [CI] and delta vs base, gate verdicts) rows from an eval run's results.json."""
     rows = []
-    deltas = {(c["target"], c["metric"]): c for c in data.get("comparisons", [])}
+    # Δ is against the suite's baseline (the zero-shot base); other comparisons (prompted baselines) are apart.
+    deltas = {(c["target"], c["metric"]): c for c in data.get("comparisons", [])
+              if c.get("vs", data.get("baseline")) == data.get("baseline", "base")}
     gates: dict[str, list[str]] = {}
     for g in data.get("gates", []):
         gates.setdefault(g["target"], []).append(f"{'PASS' if g['passed'] else 'FAIL'} {g['gate']}")

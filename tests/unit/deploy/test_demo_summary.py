@@ -67,3 +67,13 @@ def test_baseline_verdicts_say_plainly_whether_the_adapter_beats_the_best_prompt
     assert lines[0].startswith("a@v1 beats the best baseline base-3shot (0.410) on label_f1: +0.500")
     assert lines[1].startswith("a@v2 does NOT beat the best baseline base-3shot")
     assert _demo().baseline_verdicts({}) == []
+
+
+def test_delta_column_is_against_the_suite_baseline_not_a_prompted_baseline() -> None:
+    data = {"baseline": "base",
+            "targets": {"a@v1": {"metrics": {"label_f1": _metric(0.9)}}},
+            "comparisons": [{"target": "a@v1", "vs": "base", "metric": "label_f1", "delta": 0.9, "significant": True},
+                            {"target": "a@v1", "vs": "base-3shot", "metric": "label_f1", "delta": 0.2,
+                             "significant": True}]}
+    rows = _demo().summary_rows(data)
+    assert "Δ +0.900 *" in rows[0][2]
