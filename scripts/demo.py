@@ -295,8 +295,8 @@ def summary_rows(data: dict) -> list[tuple[str, str, str, str]]:
     """(target, metric, value [CI] and delta vs base, gate verdicts) rows from an eval run's results.json."""
     rows = []
     # Δ is against the suite's baseline (the zero-shot base); other comparisons (prompted baselines) are apart.
-    deltas = {(c["target"], c["metric"]): c for c in data.get("comparisons", [])
-              if c.get("vs", data.get("baseline")) == data.get("baseline", "base")}
+    baseline = data.get("baseline", "base")
+    deltas = {(c["target"], c["metric"]): c for c in data.get("comparisons", []) if c.get("vs", baseline) == baseline}
     gates: dict[str, list[str]] = {}
     for g in data.get("gates", []):
         gates.setdefault(g["target"], []).append(f"{'PASS' if g['passed'] else 'FAIL'} {g['gate']}")
