@@ -14,10 +14,12 @@ from lorafleet.serve.adapters import HotSet
 from lorafleet.serve.auth import Authenticator
 from lorafleet.serve.capture import Capture
 from lorafleet.serve.config import ServeSettings
+from lorafleet.serve.drift import DriftMonitor
 from lorafleet.serve.keys import KeyStore
 from lorafleet.serve.metrics import create_metrics
 from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import Proxy
+from lorafleet.serve.review_grades import ReviewGrades
 from lorafleet.serve.routes import admin, openai, ops
 from lorafleet.serve.routing import Router
 from lorafleet.serve.state import GatewayState, base_info
@@ -75,12 +77,20 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
     token = settings.review_token.get_secret_value() if settings.review_token else None
     capture = Capture.from_settings(settings.capture, settings.review_url, token, settings.review_queue,
                                     settings.spool_path, metrics, transport=review_transport)
+    drift = DriftMonitor(registry, metrics, window=settings.drift_window, far_threshold=settings.drift_far_threshold,
+                         max_train=settings.drift_train_max) if settings.drift else None
+    grades = None
+    if settings.review_url and settings.review_poll_interval > 0:
+        grades = ReviewGrades(settings.review_url, token or "", settings.review_queue, metrics,
+                              interval=settings.review_poll_interval, window=settings.drift_window,
+                              transport=review_transport)
     proxy = Proxy(router=router, pool=pool, hot_sets=hot_sets, metrics=metrics, capture=capture,
-                  max_in_flight=settings.max_in_flight)
+                  max_in_flight=settings.max_in_flight, drift=drift)
     return GatewayState(settings=settings, registry=registry, router=router, pool=pool, hot_sets=hot_sets,
                         auth=Authenticator(key_store, ttl=settings.key_cache_ttl, no_auth=settings.no_auth),
                         metrics=metrics, metrics_registry=metrics_registry, capture=capture, proxy=proxy,
-                        key_store=key_store, supervisor=supervisor, base_info=base_info(settings.base_dir))
+                        key_store=key_store, supervisor=supervisor, base_info=base_info(settings.base_dir),
+                        drift=drift, review_grades=grades)
 
 
 def _upstreams(settings: ServeSettings) -> tuple[list[HttpUpstream], ChildSupervisor | None]:

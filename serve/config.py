@@ -63,6 +63,18 @@ class ServeSettings(Settings):
                                          "ring; more points, more even spread of adapters over replicas.")
     registry_ttl: float = Field(default=2.0, ge=0, description="Seconds a resolved alias is cached.")
     key_cache_ttl: float = Field(default=5.0, ge=0, description="Seconds a verified key is cached.")
+    # Live drift (serve/drift.py) and review grades of captured samples (serve/review_grades.py).
+    drift: bool = Field(default=True, description="LORAFLEET_DRIFT: measure input/output drift per adapter version.")
+    drift_window: int = Field(default=200, ge=10, le=100_000,
+                              description="LORAFLEET_DRIFT_WINDOW: requests per version the drift gauges cover.")
+    drift_far_threshold: float = Field(default=0.3, gt=0, lt=1,
+                                       description="LORAFLEET_DRIFT_FAR_THRESHOLD: a prompt is far when no training "
+                                                   "prompt shares this MinHash word-set Jaccard with it.")
+    drift_train_max: int = Field(default=5000, ge=10,
+                                 description="LORAFLEET_DRIFT_TRAIN_MAX: training prompts indexed per version.")
+    review_poll_interval: float = Field(default=60.0, ge=0,
+                                        description="LORAFLEET_REVIEW_POLL_INTERVAL: seconds between reads of the "
+                                                    "capture queue's grades (needs the admin token); 0: off.")
 
     @field_validator("capture")
     @classmethod

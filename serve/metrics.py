@@ -35,6 +35,16 @@ class Metrics:
     capture_rejected: Counter
     capture_quarantined: Counter
     capture_spool_pending: Gauge
+    # live drift per adapter version over the last N requests (serve/drift.py); absent until measurable
+    drift_window_requests: Gauge
+    drift_input_far_share: Gauge
+    drift_input_length_distance: Gauge
+    drift_output_length_ratio: Gauge
+    output_invalid_rate: Gauge
+    eval_invalid_rate: Gauge
+    drift_dropped: Counter
+    review_grade_mean: Gauge
+    review_grades: Gauge
 
 
 def create_metrics(registry: CollectorRegistry) -> Metrics:
@@ -79,4 +89,31 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         capture_spool_pending=Gauge("lorafleet_capture_spool_pending",
                                     "Captured samples waiting in the spool file after the last flush.",
                                     registry=registry),
+        drift_window_requests=Gauge("lorafleet_drift_window_requests",
+                                    "Requests in the drift window of an adapter version (the last N).",
+                                    ["adapter", "version"], registry=registry),
+        drift_input_far_share=Gauge("lorafleet_drift_input_far_share",
+                                    "Share of windowed prompts with no training prompt near them (MinHash).",
+                                    ["adapter", "version"], registry=registry),
+        drift_input_length_distance=Gauge("lorafleet_drift_input_length_distance",
+                                          "KS statistic of windowed prompt lengths against the training prompts'.",
+                                          ["adapter", "version"], registry=registry),
+        drift_output_length_ratio=Gauge("lorafleet_drift_output_length_ratio",
+                                        "Mean completion tokens in the window over the mean at the latest eval run.",
+                                        ["adapter", "version"], registry=registry),
+        output_invalid_rate=Gauge("lorafleet_output_invalid_rate",
+                                  "Label tasks: share of windowed outputs naming no declared label (INVALID).",
+                                  ["adapter", "version"], registry=registry),
+        eval_invalid_rate=Gauge("lorafleet_eval_invalid_rate",
+                                "Label tasks: the INVALID share the latest eval run measured (the baseline).",
+                                ["adapter", "version"], registry=registry),
+        drift_dropped=Counter("lorafleet_drift_dropped_total",
+                              "Requests left out of drift because its queue was full.", registry=registry),
+        # criterion: the capture queue's rubric criteria (a fixed set: bounded labels)
+        review_grade_mean=Gauge("lorafleet_review_grade_mean",
+                                "Mean review grade of the last N graded captured samples, per rubric criterion.",
+                                ["adapter", "version", "criterion"], registry=registry),
+        review_grades=Gauge("lorafleet_review_grades",
+                            "Graded captured samples behind lorafleet_review_grade_mean (at most N).",
+                            ["adapter", "version"], registry=registry),
     )

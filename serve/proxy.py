@@ -19,6 +19,7 @@ import httpx
 from fastapi.responses import Response, StreamingResponse
 from lorafleet.serve.adapters import HotSet
 from lorafleet.serve.capture import Capture
+from lorafleet.serve.drift import DriftMonitor
 from lorafleet.serve.keys import KeyInfo
 from lorafleet.serve.metrics import UNKNOWN, Metrics
 from lorafleet.serve.protocol import (
@@ -65,13 +66,15 @@ class Call:
     upstream: HttpUpstream | None = None  # set once one is picked; released in _done
     finished: bool = False
     retried: bool = False  # sent again to another replica after a connection error (once)
+    drift_text: bool = False  # collect the output text for drift (label tasks: the INVALID rate)
+    completion_tokens: int | None = None  # from the upstream's usage, for drift's output length
 
 
 class Proxy:
     """Forwards OpenAI requests to the right upstream with the right adapter loaded."""
 
     def __init__(self, *, router: Router, pool: UpstreamPool, hot_sets: dict[str, HotSet], metrics: Metrics,
-                 capture: Capture, max_in_flight: int) -> None:
+                 capture: Capture, max_in_flight: int, drift: DriftMonitor | None = None) -> None:
         self.router = router
         self.pool = pool
         self.hot_sets = hot_sets
@@ -79,6 +82,7 @@ class Proxy:
         self.capture = capture
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.drift = drift
 
     # ---- entry -----------------------------------------------------------------------------
     async def handle(self, endpoint: str, raw: bytes, key: KeyInfo,
@@ -127,7 +131,10 @@ class Proxy:
         user = body.get("user") if isinstance(body.get("user"), str) else None
         target = self.router.resolve(model, user)
         stream = bool(body.get("stream"))
-        return Call(endpoint, body, target, stream, user, start, self.capture.wants(target.adapter))
+        call = Call(endpoint, body, target, stream, user, start, self.capture.wants(target.adapter))
+        if self.drift is not None and not target.is_base:
+            call.drift_text = self.drift.wants_text(target.adapter, target.version)
+        return call
 
     async def _acquire(self, call: Call) -> HttpUpstream:
         """Pick the replica for the call, load its adapter there and hold a slot on it. A replica
@@ -258,24 +265,38 @@ class Proxy:
         except json.JSONDecodeError:
             return
         self._count_usage(call, data.get("usage"))
-        if call.capture:
+        text = None
+        if call.capture or call.drift_text:
             choices = data.get("choices") or [{}]
-            first = choices[0]
+            first = choices[0] if isinstance(choices[0], dict) else {}
             text = first.get("text") if call.endpoint == "completions" else (first.get("message") or {}).get(
                 "content")
+            text = text if isinstance(text, str) else ""
+        if call.capture:
             self._capture(call, text or "")
+        self._observe(call, text)
 
     def _count_usage(self, call: Call, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
         labels = (call.target.adapter, call.target.version)
+        completion = int(usage.get("completion_tokens") or 0)
         self.metrics.prompt_tokens.labels(*labels).inc(int(usage.get("prompt_tokens") or 0))
-        self.metrics.completion_tokens.labels(*labels).inc(int(usage.get("completion_tokens") or 0))
+        self.metrics.completion_tokens.labels(*labels).inc(completion)
+        if "completion_tokens" in usage:
+            call.completion_tokens = completion
 
     def _capture(self, call: Call, text: str) -> None:
         prompt = call.body.get("messages") if call.endpoint == "chat" else call.body.get("prompt")
         self.capture.record(served_name=call.target.served_name, prompt=prompt, response=text,
                             endpoint=call.endpoint, user=call.user)
+
+    def _observe(self, call: Call, text: str | None) -> None:
+        """Hand a finished adapter request to drift (a queue append; the work happens off the request path)."""
+        if self.drift is not None and not call.target.is_base:
+            prompt = call.body.get("messages") if call.endpoint == "chat" else call.body.get("prompt")
+            self.drift.observe(call.target.adapter, call.target.version, prompt,
+                               text if call.drift_text else None, call.completion_tokens)
 
     # ---- streaming -------------------------------------------------------------------------
     async def _stream(self, call: Call) -> Response:
@@ -325,13 +346,15 @@ class Proxy:
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
         finally:
             await resp.aclose()
-            if call.capture and call.status == 200:
-                self._capture(call, "".join(texts))
+            if call.status == 200:
+                if call.capture:
+                    self._capture(call, "".join(texts))
+                self._observe(call, "".join(texts))
             self._done(call)
 
     def _inspect(self, call: Call, event: bytes, texts: list[str], injected: bool) -> bool:
         """Record usage and captured text from one event; False drops the event (our usage chunk)."""
-        if b'"usage"' not in event and not call.capture:
+        if b'"usage"' not in event and not (call.capture or call.drift_text):
             return True
         if not event.startswith(b"data: {"):
             return True
@@ -342,7 +365,7 @@ class Proxy:
         usage = data.get("usage")
         if usage:
             self._count_usage(call, usage)
-        if call.capture:
+        if call.capture or call.drift_text:
             for choice in data.get("choices") or []:
                 if choice.get("index", 0) == 0:
                     piece = choice.get("text") if call.endpoint == "completions" else (

@@ -11,10 +11,12 @@ from lorafleet.serve.adapters import HotSet
 from lorafleet.serve.auth import Authenticator
 from lorafleet.serve.capture import Capture
 from lorafleet.serve.config import ServeSettings
+from lorafleet.serve.drift import DriftMonitor
 from lorafleet.serve.keys import KeyInfo, KeyStore
 from lorafleet.serve.metrics import Metrics
 from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import Proxy
+from lorafleet.serve.review_grades import ReviewGrades
 from lorafleet.serve.routing import Router
 from lorafleet.serve.upstream import ChildSupervisor, HttpUpstream, UpstreamPool
 from prometheus_client import CollectorRegistry
@@ -43,6 +45,8 @@ class GatewayState:
     created: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
     base_info: dict[str, Any] = field(default_factory=dict)  # the base's manifest identity, listed on /v1/models
+    drift: DriftMonitor | None = None
+    review_grades: ReviewGrades | None = None
 
     async def start(self) -> None:
         if self.supervisor is not None:
@@ -54,9 +58,17 @@ class GatewayState:
             await self.load(ref, None, pin=True)
         self.pool.start()
         self.capture.start()
+        if self.drift is not None:
+            self.drift.start()
+        if self.review_grades is not None:
+            self.review_grades.start()
 
     async def stop(self) -> None:
         await self.capture.stop()
+        if self.review_grades is not None:
+            await self.review_grades.stop()
+        if self.drift is not None:
+            await self.drift.stop()
         for hot in self.hot_sets.values():
             await hot.aclose()
         await self.pool.aclose()

@@ -25,6 +25,15 @@ EXPECTED = {
     "lorafleet_capture_rejected_total": ("counter", {"reason"}),
     "lorafleet_capture_quarantined_total": ("counter", set()),
     "lorafleet_capture_spool_pending": ("gauge", set()),
+    "lorafleet_drift_window_requests": ("gauge", {"adapter", "version"}),
+    "lorafleet_drift_input_far_share": ("gauge", {"adapter", "version"}),
+    "lorafleet_drift_input_length_distance": ("gauge", {"adapter", "version"}),
+    "lorafleet_drift_output_length_ratio": ("gauge", {"adapter", "version"}),
+    "lorafleet_output_invalid_rate": ("gauge", {"adapter", "version"}),
+    "lorafleet_eval_invalid_rate": ("gauge", {"adapter", "version"}),
+    "lorafleet_drift_dropped_total": ("counter", set()),
+    "lorafleet_review_grade_mean": ("gauge", {"adapter", "version", "criterion"}),
+    "lorafleet_review_grades": ("gauge", {"adapter", "version"}),
 }
 
 
