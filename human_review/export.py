@@ -38,10 +38,16 @@ def export_rows(session: Session, *, queue: Queue, fmt: ExportFormat, resolve: R
 
 
 def _grades(session: Session, queue: Queue) -> Iterator[dict[str, Any]]:
+    """One row per grade; `metric_scores` (the item's per-sample metric scores) and the eval run's
+    run_id/target/sample_id ride along, so grades can be correlated with metrics offline."""
     for grade, ext_id, data, name in _rows(session, queue):
+        meta = data.get("metadata") or {}
+        metric_scores = data.get("scores") or meta.get("scores") or {}  # pairwise items keep theirs per target
         yield {"queue": queue.name, "item": ext_id, "reviewer": name, "scores": grade.scores,
                "choice": grade.choice, "comment": grade.comment, "correction": grade.correction,
-               "adapter": data.get("adapter"), "seconds": grade.seconds, "time": grade.created_at}
+               "adapter": data.get("adapter"), "seconds": grade.seconds, "time": grade.created_at,
+               "metric_scores": metric_scores, "source": data.get("source"),
+               **{k: meta[k] for k in ("run_id", "suite", "target", "sample_id") if k in meta}}
 
 
 def _approved(grade: Grade, rubric: Rubric) -> bool:

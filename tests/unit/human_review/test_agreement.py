@@ -68,3 +68,29 @@ def test_bradley_terry_orders_targets_and_its_ci_covers_the_estimate() -> None:
     cis = bradley_terry_ci(comps, reps=100)
     for t, (lo, hi) in cis.items():
         assert lo <= strengths[t] <= hi
+
+
+@pytest.mark.parametrize(("seed", "golden"), [(0, 0.7932618683001531), (1, 0.8313725490196078),
+                                              (2, 0.7255813953488373)])
+def test_quadratic_kappa_keeps_its_golden_values(seed: int, golden: float) -> None:
+    """The values the hand-rolled κ gave before scikit-learn took over (b51dae6), fixed."""
+    rng = random.Random(seed)
+    a = [rng.randint(1, 5) for _ in range(60)]
+    b = [min(5, max(1, x + rng.choice([-2, -1, 0, 0, 1]))) for x in a]
+    assert cohen_kappa_quadratic(a, b, [1, 2, 3, 4, 5]) == pytest.approx(golden, abs=1e-12)
+
+
+def test_repro_alpha_and_kappa_come_from_the_well_kept_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import krippendorff
+    import sklearn.metrics
+
+    # the ratio level, which the hand-rolled version silently computed as ordinal (0.815)
+    assert round(krippendorff_alpha(RELIABILITY, "ratio"), 4) == 0.7974
+    calls = []
+    real_alpha, real_kappa = krippendorff.alpha, sklearn.metrics.cohen_kappa_score
+    monkeypatch.setattr(krippendorff, "alpha", lambda **kw: calls.append("alpha") or real_alpha(**kw))
+    monkeypatch.setattr(sklearn.metrics, "cohen_kappa_score",
+                        lambda *a, **kw: calls.append(kw.get("weights")) or real_kappa(*a, **kw))
+    assert round(krippendorff_alpha(RELIABILITY, "ordinal"), 3) == 0.815
+    cohen_kappa_quadratic([1, 2, 3, 4], [1, 2, 4, 4])
+    assert calls == ["alpha", "quadratic"]
