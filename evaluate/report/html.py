@@ -6,6 +6,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from lorafleet.evaluate.client import Completion
+from lorafleet.evaluate.correlate import CorrelationReport, html_rows
 from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.report.markdown import fmt
 from lorafleet.evaluate.results import RunResults
@@ -53,10 +54,12 @@ def worst_samples(samples: list[Sample], outputs: dict[str, dict[str, Completion
 
 
 def render_html(results: RunResults, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
-                scores: list[dict[str, Any]], *, primary: str | None = None) -> str:
+                scores: list[dict[str, Any]], *, primary: str | None = None,
+                correlation: CorrelationReport | None = None) -> str:
     metrics = sorted({m for t in results.targets.values() for m in t.metrics})
     primary = primary or (metrics[0] if metrics else "")
     comps = {(c.target, c.metric): c for c in results.comparisons if c.vs == results.baseline}
     return _env().get_template("report.html.j2").render(
         r=results, metrics=metrics, comps=comps, fmt=fmt, charts=[bar_chart(results, m) for m in metrics],
-        worst=worst_samples(samples, outputs, scores, primary) if primary else [], primary=primary)
+        worst=worst_samples(samples, outputs, scores, primary) if primary else [], primary=primary,
+        correlation=correlation, correlation_rows=html_rows(correlation) if correlation else [])

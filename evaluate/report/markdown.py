@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lorafleet.evaluate.baselines import target_notes, verdict_lines
+from lorafleet.evaluate.correlate import CorrelationReport, markdown_lines
 from lorafleet.evaluate.results import Comparison, RunResults
 
 
@@ -30,8 +31,9 @@ def _rate(value: float, ci: tuple[float, float] | None) -> str:
     return f"{value:.1%}" + ("" if ci is None else f" [{ci[0]:.1%}, {ci[1]:.1%}]")
 
 
-def render_markdown(results: RunResults) -> str:
-    """Targets × metrics with CIs; deltas vs the baseline (* = significant); gate results."""
+def render_markdown(results: RunResults, *, correlation: CorrelationReport | None = None) -> str:
+    """Targets × metrics with CIs; deltas vs the baseline (* = significant); gate results; metric ↔ grade
+    correlation when the run has a correlation.json (`eval correlate`)."""
     metrics = sorted({m for t in results.targets.values() for m in t.metrics})
     comps = {(c.target, c.metric): c for c in results.comparisons if c.vs == results.baseline}
     verdict = "✅ all gates pass" if results.passed else "❌ a gate failed"
@@ -70,6 +72,8 @@ def render_markdown(results: RunResults) -> str:
                              for m, g in b.metric_gaps.items()) or "–"
             lines.append(f"| `{name}` | {b.pairs} | {_rate(b.output_changed_rate, b.output_changed_ci)} | "
                          f"{fmt(b.output_similarity)}{_ci(b.output_similarity_ci)} | {flips} | {gaps} |")
+    if correlation is not None:
+        lines += ["", *markdown_lines(correlation)]
     if results.warnings:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in results.warnings]
     usage = ", ".join(f"`{n}` p50 {t.usage.latency_p50_s * 1000:.0f} ms, {t.usage.completion_tokens} tok"

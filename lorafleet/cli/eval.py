@@ -215,6 +215,7 @@ def report(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
     """Render a stored run's report."""
+    from lorafleet.evaluate.correlate import load_correlation
     from lorafleet.evaluate.report import render_html, render_markdown
     from lorafleet.evaluate.runner import primary_metric
     from lorafleet.evaluate.store import RunStore
@@ -223,16 +224,49 @@ def report(
 
     store = RunStore(run_dir)
     results = store.results()
+    correlation = load_correlation(run_dir)  # written by `eval correlate`; None when the run has none
     if fmt == "json":
         text = results.model_dump_json(indent=2)
     elif fmt == "md":
-        text = render_markdown(results)
+        text = render_markdown(results, correlation=correlation)
     elif fmt == "html":
         suite = suite_from_dict(store.manifest().suite)
-        text = render_html(results, store.samples(), store.outputs(), store.scores(), primary=primary_metric(suite))
+        text = render_html(results, store.samples(), store.outputs(), store.scores(), primary=primary_metric(suite),
+                           correlation=correlation)
     else:
         raise ConfigError(f"unknown report format {fmt!r}", hint="use md, html or json")
     if output:
         atomic_write_text(output, text)
     else:
         typer.echo(text)
+
+
+@app.command()
+def correlate(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder whose samples were pushed for review.")],
+    grades: Annotated[Path, typer.Option("--grades", help="`lorafleet review export QUEUE --format grades` output.")],
+    min_shared: Annotated[int, typer.Option(min=3, help="Fewest shared samples for a number.")] = 10,
+    resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print correlation.json.")] = False,
+) -> None:
+    """Spearman and Kendall (bootstrap CIs) of each metric against each rubric criterion's grades, over the
+    run's samples that reviewers graded; writes RUN/correlation.json, which `eval report` shows."""
+    from lorafleet.correlation import format_cell
+    from lorafleet.evaluate.correlate import correlate_run, write_correlation
+
+    report = correlate_run(run_dir, grades, min_shared=min_shared, reps=resamples, seed=seed)
+    path = write_correlation(run_dir, report)
+    if as_json:
+        print_json(report)
+        return
+    t = report.table
+    table = Table(title=f"metric ↔ grades: {report.samples} graded sample(s) of {', '.join(report.targets)} "
+                        f"({report.matched_rows} of {report.grade_rows} grade rows)")
+    for col in ("metric", "criterion", "n", "Spearman ρ [95% CI]", "Kendall τ [95% CI]"):
+        table.add_column(col)
+    for r in t.rows:
+        table.add_row(r.metric, r.criterion, str(r.n), format_cell(r.spearman, r.spearman_ci, r.note),
+                      format_cell(r.kendall, r.kendall_ci, r.note))
+    console.print(table)
+    console.print(f"wrote {path}", highlight=False)
