@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorafleet.evaluate.judge_schema import JudgeSummary
 from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = 1
@@ -113,3 +114,5 @@ class RunResults(BaseModel):
     best_baseline: dict[str, BestBaseline] = Field(
         default_factory=dict, description="Per primary metric: the best baseline and each adapter against it.")
     warnings: list[str] = Field(default_factory=list, description="What was left out of the run, and why.")
+    judge: JudgeSummary | None = Field(default=None, description="The LLM judge: provenance, unjudged counts, "
+                                       "pairwise flips, agreement with human grades, trust.")

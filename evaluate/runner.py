@@ -13,6 +13,14 @@ from lorafleet.evaluate.baselines import best_baselines, plan_baselines
 from lorafleet.evaluate.cache import ResponseCache
 from lorafleet.evaluate.client import Completion, EndpointError, EvalClient
 from lorafleet.evaluate.dataset import Sample, dataset_path, load_samples, originals, variants
+from lorafleet.evaluate.judge import judge_endpoint, judge_outputs
+from lorafleet.evaluate.judge_scoring import (
+    HumanGrades,
+    judge_grades,
+    judge_into,
+    judge_score_rows,
+    without_judge_gates,
+)
 from lorafleet.evaluate.report import render_html, render_markdown
 from lorafleet.evaluate.results import RunResults
 from lorafleet.evaluate.scoring import TargetScores, score_run, with_labels
@@ -46,6 +54,7 @@ class RunOptions:
     timeout_s: float = 120.0
     data_dir: Path | None = None  # the held-out guard's home: the suite's dataset is held out there, k-shot
     # baselines' examples are checked against it (None: no guard, e.g. library use without a data dir)
+    grades: Path | None = None  # a grades export the judge is compared with (else the suite's judge.grades)
 
 
 @dataclass
@@ -110,6 +119,7 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
     # Baselines first: a held-out k-shot example is refused before anything is written or sent.
     baselines = plan_baselines(with_labels(suite, samples), suite_path, data_file, samples, BASE, heldout)
     run_id = new_run_id(suite.name)
+    grades = judge_grades(suite, suite_path, opts.grades, run_id)  # a rubric mismatch stops the run before it starts
     store = RunStore(opts.out or runs_dir / run_id)
     cache = ResponseCache(opts.cache_path) if opts.cache_path else None
     client = EvalClient(opts.endpoint, opts.api_key, concurrency=opts.concurrency, cache=cache,
@@ -132,15 +142,19 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
             cache.close()
     manifest.status = "complete"
     store.write_manifest(manifest)
-    return RunOutcome(store.path, score_and_write(store, suite, samples, outputs, manifest, notes=notes))
+    judge_step(suite, suite_path, samples, outputs, manifest, store.path, opts)
+    return RunOutcome(store.path, score_and_write(store, suite, samples, outputs, manifest, notes=notes,
+                                                  grades=grades))
 
 
 def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
-                    manifest: Manifest, *, notes: list[str] | None = None) -> RunResults:
-    """Score a run's outputs and write results, per-sample scores and both reports; `notes` join the warnings."""
+                    manifest: Manifest, *, notes: list[str] | None = None, grades: HumanGrades | None = None
+                    ) -> RunResults:
+    """Score a run's outputs and write results, per-sample scores and both reports; `notes` join the warnings;
+    the judge's verdicts in the run folder become judge metrics (compared with `grades` where given)."""
     plan = run_plan(manifest)
     suite = effective_suite(suite, plan)
-    scored = score_run(suite, samples, outputs, manifest.models, extra_pairs=plan.extra_pairs())
+    scored = score_run(without_judge_gates(suite), samples, outputs, manifest.models, extra_pairs=plan.extra_pairs())
     st = suite.stats
     results = RunResults(run_id=manifest.run_id, suite=suite.name, created_at=manifest.created_at,
                          endpoint=manifest.endpoint, baseline=suite.baseline_target,
@@ -149,8 +163,11 @@ def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], output
                          targets={t: s.result for t, s in scored.targets.items()}, comparisons=scored.comparisons,
                          gates=scored.gates, passed=scored.passed, bias=scored.bias,
                          warnings=[*(notes or []), *scored.warnings])
+    judged = judge_into(results, suite, store.path, grades, plan.extra_pairs())
     add_plan(results, plan, primary_metrics(suite))
     rows = per_sample_rows(samples, scored.targets)
+    if judged is not None:
+        judge_score_rows(rows, judged)
     store.write_scores(rows)
     store.write_results(results)
     store.write_text("report.md", render_markdown(results))
@@ -203,8 +220,11 @@ def per_sample_rows(samples: list[Sample], scored: dict[str, TargetScores]) -> l
     return rows
 
 
-def rescore(run_dir: Path, suite: Suite | None = None) -> RunResults:
-    """Recompute metrics and gates of a stored run (optionally with a changed suite); no generation."""
+def rescore(run_dir: Path, suite: Suite | None = None, *, grades: Path | None = None, suite_path: Path | None = None,
+            judge_opts: RunOptions | None = None) -> RunResults:
+    """Recompute metrics and gates of a stored run (optionally with a changed suite); no generation. The
+    judge's stored verdicts are reused; a changed judge (rubric, prompt, model) asks `judge_opts`' endpoint
+    (default: the run's, without a key). `grades` measures the judge's agreement with reviewers."""
     store = RunStore(run_dir)
     manifest = store.manifest()
     suite = suite or suite_from_dict(manifest.suite)
@@ -219,4 +239,22 @@ def rescore(run_dir: Path, suite: Suite | None = None) -> RunResults:
     if incomplete:
         raise ConfigError(f"{run_dir}: run is partial for {', '.join(incomplete)}",
                           hint="resume it with the same `eval run` command (cached answers are reused)")
-    return score_and_write(store, suite, samples, outputs, manifest)
+    where = suite_path or manifest.suite_path
+    human = judge_grades(suite, where, grades, manifest.run_id)
+    judge_step(suite, where, samples, outputs, manifest, store.path,
+               judge_opts or RunOptions(endpoint=manifest.endpoint), reuse=True)
+    return score_and_write(store, suite, samples, outputs, manifest, grades=human)
+
+
+def judge_step(suite: Suite, suite_path: Path | str | None, samples: list[Sample],
+               outputs: dict[str, dict[str, Completion]], manifest: Manifest, run_dir: Path, opts: RunOptions, *,
+               reuse: bool = False) -> None:
+    """Judge the run's outputs when the suite has a judge (verdicts go to the run folder; failures are counted
+    there, never raised)."""
+    if suite.judge is None:
+        return
+    plan = run_plan(manifest)
+    endpoint = judge_endpoint(suite.judge, opts.endpoint, opts.api_key, concurrency=opts.concurrency,
+                              timeout_s=opts.timeout_s, backoff_s=opts.backoff_s)
+    judge_outputs(effective_suite(suite, plan), suite_path, samples, outputs, run_dir, endpoint,
+                  cache_path=opts.cache_path, pair_names={t: plan.heaviest(t) for t in suite.targets}, reuse=reuse)

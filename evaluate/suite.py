@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from lorafleet.evaluate.judge_spec import JudgeSpec, check_judge, is_judge_metric
 from lorafleet.evaluate.metrics import FAMILY_OF, families_for
 from lorafleet.evaluate.yaml_lines import line_of, load_yaml_with_lines
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -212,6 +213,7 @@ class Suite(_Strict):
     counterfactual: Counterfactual | None = None
     bias: dict[str, BiasLimit] = Field(
         default_factory=dict, description="Gates on counterfactual figures, e.g. label_flip_rate: {max: 0.05}.")
+    judge: JudgeSpec | None = Field(default=None, description="An LLM judge grading outputs on a review rubric.")
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -240,7 +242,7 @@ class Suite(_Strict):
             for name, opts in entries.items():
                 names.append(name)
                 options.setdefault(name, {}).update(opts or {})
-        names += [g.metric for g in self.gates]
+        names += [g.metric for g in self.gates if not is_judge_metric(g.metric)]  # the judge computes those
         return families_for(names, options)
 
 
@@ -275,7 +277,9 @@ def _check_references(suite: Suite, lines: dict, path: Path) -> None:
     if suite.baseline_target not in suite.targets and suite.baseline_target not in {b.name for b in suite.baselines}:
         fail(("baseline",), f"{suite.baseline_target!r} is not a target", "pick one of 'targets'")
     for i, gate in enumerate(suite.gates):
-        if gate.metric not in FAMILY_OF or FAMILY_OF[gate.metric] == gate.metric and gate.metric in (
+        if is_judge_metric(gate.metric):
+            pass  # checked against the judge's rubric in check_judge
+        elif gate.metric not in FAMILY_OF or FAMILY_OF[gate.metric] == gate.metric and gate.metric in (
                 "rouge", "classification"):
             fail(("gates", i), f"unknown metric {gate.metric!r}", "use a metric name such as rougeL or label_f1")
         if gate.vs is None and gate.threshold is None:
@@ -290,6 +294,7 @@ def _check_references(suite: Suite, lines: dict, path: Path) -> None:
     if suite.dataset.path is None and suite.dataset.adapter is None:
         fail(("dataset",), "give 'path' or 'adapter'", "e.g. dataset: ../data/test.jsonl")
     _check_bias(suite, fail)
+    check_judge(suite, fail, path)
 
 
 def _check_bias(suite: Suite, fail: Any) -> None:

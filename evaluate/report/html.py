@@ -8,6 +8,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from lorafleet.evaluate.client import Completion
 from lorafleet.evaluate.correlate import CorrelationReport, html_rows
 from lorafleet.evaluate.dataset import Sample
+from lorafleet.evaluate.judge_report import judge_lines
 from lorafleet.evaluate.report.markdown import fmt
 from lorafleet.evaluate.results import RunResults
 
@@ -62,4 +63,5 @@ def render_html(results: RunResults, samples: list[Sample], outputs: dict[str, d
     return _env().get_template("report.html.j2").render(
         r=results, metrics=metrics, comps=comps, fmt=fmt, charts=[bar_chart(results, m) for m in metrics],
         worst=worst_samples(samples, outputs, scores, primary) if primary else [], primary=primary,
-        correlation=correlation, correlation_rows=html_rows(correlation) if correlation else [])
+        correlation=correlation, correlation_rows=html_rows(correlation) if correlation else [],
+        judge=judge_lines(results))

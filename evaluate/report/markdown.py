@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lorafleet.evaluate.baselines import target_notes, verdict_lines
 from lorafleet.evaluate.correlate import CorrelationReport, markdown_lines
+from lorafleet.evaluate.judge_report import judge_markdown
 from lorafleet.evaluate.results import Comparison, RunResults
 
 
@@ -16,6 +17,8 @@ def _cell(results: RunResults, target: str, metric: str, comps: dict[tuple[str, 
     if score is None:
         return "–"
     text = f"{fmt(score.value)} [{fmt(score.ci[0])}, {fmt(score.ci[1])}]"
+    if results.judge is not None and metric in results.judge.untrusted:
+        text += " ⚠ untrusted"
     comp = comps.get((target, metric))
     if comp is not None:
         mark = "**" if comp.significant else ""
@@ -72,6 +75,7 @@ def render_markdown(results: RunResults, *, correlation: CorrelationReport | Non
                              for m, g in b.metric_gaps.items()) or "–"
             lines.append(f"| `{name}` | {b.pairs} | {_rate(b.output_changed_rate, b.output_changed_ci)} | "
                          f"{fmt(b.output_similarity)}{_ci(b.output_similarity_ci)} | {flips} | {gaps} |")
+    lines += judge_markdown(results.judge)
     if correlation is not None:
         lines += ["", *markdown_lines(correlation)]
     if results.warnings:

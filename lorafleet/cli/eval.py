@@ -19,6 +19,7 @@ from lorafleet.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
 DEFAULT_SCORE_METRICS = "rouge,bleu,chrf,token_f1,exact_match"
+GRADES_HELP = "A grades export (review export --format grades): the judge's agreement with it (default: judge.grades)."
 
 
 def _eval_settings(ctx: typer.Context):  # -> EvalSettings (imported lazily: keeps `lorafleet --help` fast)
@@ -37,6 +38,7 @@ def run(
     concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: DATA_DIR/eval/runs/RUN_ID).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Regenerate every response.")] = False,
+    grades: Annotated[Path | None, typer.Option("--grades", help=GRADES_HELP)] = None,
     push_review: Annotated[bool, typer.Option("--push-review/--no-push-review",
                                               help="Send review samples when the suite asks for them.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json instead of the table.")] = False,
@@ -51,7 +53,7 @@ def run(
     key = api_key or (st.eval_api_key.get_secret_value() if st.eval_api_key else None)
     opts = RunOptions(endpoint=endpoint or st.eval_endpoint, api_key=key,
                       concurrency=concurrency or st.eval_concurrency, out=out,
-                      cache_path=None if no_cache else st.cache_path, data_dir=st.data_dir)
+                      cache_path=None if no_cache else st.cache_path, data_dir=st.data_dir, grades=grades)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=as_json) as bar:
         tasks: dict[str, int] = {}
@@ -135,6 +137,10 @@ def _show(results, path: Path, as_json: bool) -> None:
     for g in results.gates:
         mark = "[green]pass[/]" if g.passed else "[bold red]FAIL[/]"
         console.print(f"gate {g.gate} on {g.target}: {mark} ({g.detail})", highlight=False)
+    from lorafleet.evaluate.judge_report import judge_lines
+
+    for line in judge_lines(results):  # provenance, unjudged, flips, κ/α vs reviewers, trust
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     for w in results.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     console.print(f"run: {path}", highlight=False)
@@ -172,14 +178,27 @@ def score(
 @app.command()
 def rescore(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder.")],
+    ctx: typer.Context,
     suite_path: Annotated[Path | None, typer.Option("--suite", help="A changed suite (metrics, gates).")] = None,
+    grades: Annotated[Path | None, typer.Option("--grades", help=GRADES_HELP)] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Where a changed judge asks (default: the run's endpoint) "
+                                                 "[LORAFLEET_EVAL_ENDPOINT].")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer key for it [LORAFLEET_EVAL_API_KEY].")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> int:
-    """Recompute metrics and gates of a stored run, without generating."""
+    """Recompute metrics and gates of a stored run, without generating; the judge's stored verdicts are reused
+    (a changed judge asks the endpoint) and `--grades` measures its agreement with reviewers."""
+    from lorafleet.evaluate.runner import RunOptions
     from lorafleet.evaluate.runner import rescore as do_rescore
+    from lorafleet.evaluate.store import RunStore
     from lorafleet.evaluate.suite import load_suite
 
-    results = do_rescore(run_dir, load_suite(suite_path) if suite_path else None)
+    st = _eval_settings(ctx)
+    key = api_key or (st.eval_api_key.get_secret_value() if st.eval_api_key else None)
+    judge_opts = RunOptions(endpoint=endpoint or RunStore(run_dir).manifest().endpoint, api_key=key,
+                            concurrency=st.eval_concurrency, cache_path=st.cache_path)
+    results = do_rescore(run_dir, load_suite(suite_path) if suite_path else None, grades=grades,
+                         suite_path=suite_path, judge_opts=judge_opts)
     _show(results, run_dir, as_json)
     return 0 if results.passed else 1
 

@@ -4,7 +4,9 @@ Answers are scripted per model: `answers[model][last user message]`, else `defau
 `fail_next` queues HTTP status codes to return before answering normally and `fail_from` makes
 every request after the first N fail (fault injection);
 `requests` logs every chat request body; `respond(body)` can answer from the whole body (few-shot turns,
-structured outputs). `served` maps a requested name to the version reported.
+structured outputs). `served` maps a requested name to the version reported. `judge(body)` scripts an LLM
+judge's replies (consulted first; None: answer as usual) and `reject_response_format` answers 400 to
+`response_format`, as an endpoint without structured outputs does.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class FakeState:
     roots: dict[str, str] = field(default_factory=dict)  # model → the `root` /v1/models lists (a LoRA path)
     reject_prompt_logprobs: bool = False  # answer 400 to `prompt_logprobs`, as an endpoint without them does
     respond: Callable[[dict[str, Any]], str | None] | None = None  # whole request body → answer (None: as usual)
+    judge: Callable[[dict[str, Any]], str | None] | None = None  # a judge request's body → its reply (None: as usual)
+    reject_response_format: bool = False  # answer 400 to `response_format` (no structured outputs)
     in_flight: int = 0
     max_in_flight: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -103,7 +107,11 @@ def create_app(state: FakeState) -> FastAPI:
         if model != state.base and model not in state.adapters:
             return _error(404, f"model {model!r} not found")
         text = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
-        answer = state.respond(body) if state.respond is not None else None
+        if body.get("response_format") is not None and state.reject_response_format:
+            return _error(400, "response_format is not supported by this server")
+        answer = state.judge(body) if state.judge is not None else None
+        if answer is None and state.respond is not None:
+            answer = state.respond(body)
         if answer is None:
             answer = state.answers.get(model, {}).get(text)
         if answer is None:
