@@ -5,10 +5,11 @@ tokens) to `DriftMonitor.observe`, which only appends to a bounded queue: the re
 append. A background task drains the queue in a worker thread and keeps, per version, a window of the last
 `window` requests:
 
-- input far share: the share of prompts with no training prompt near them by MinHash (word-set Jaccard at
-  or above `far_threshold`, looked up in a MinHashLSH over the version's training prompts: card.dataset
-  entries with split "train", loaded once per version, at most `max_train` prompts, least recently used
-  profiles dropped beyond `max_profiles`);
+- input far share: the share of prompts with no training prompt near them by MinHash (estimated word-set
+  Jaccard at or above `far_threshold`) among the version's training prompts (card.dataset entries with
+  split "train", loaded once per version, at most `max_train` prompts, least recently used profiles
+  dropped beyond `max_profiles`): every signature is compared up to BRUTE_MAX prompts, beyond that a
+  MinHashLSH finds the candidates first, so the cost per request stays bounded;
 - input length distance: the two-sample KS statistic of prompt lengths (characters of the user turns) in
   the window against the training prompts' lengths;
 - output length ratio: mean completion tokens in the window over the mean at the version's latest eval run
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 DRAIN_INTERVAL = 0.25  # seconds between drains of the observation queue
 BATCH = 512  # observations per worker-thread batch (the loop is never blocked for long)
 CARD_REFRESH = 60.0  # seconds before a version's eval baseline is read from its card again
+BRUTE_MAX = 1000  # up to this many training prompts, comparing every signature beats the LSH's per-band loop
+LSH_SLACK = 0.8  # LSH threshold = far_threshold * this; each candidate's estimated Jaccard is then checked
 TEXT_CAP = 2048  # characters of a prompt or output that drift reads (a label sits at the start)
 
 
@@ -91,7 +94,8 @@ class EvalBaseline:
 class Profile:
     """One version's references: its training prompts (an LSH and sorted lengths) and its eval baseline."""
 
-    lsh: MinHashLSH | None
+    lsh: MinHashLSH | None  # only for more than BRUTE_MAX training prompts
+    signatures: np.ndarray  # the training prompts' MinHash values, one row each (to verify LSH candidates)
     train_lengths: np.ndarray
     train_records: int
     baseline: EvalBaseline | None
@@ -136,9 +140,12 @@ class DriftView:
     eval_invalid_rate: float | None
 
 
+_TEMPLATE = MinHash(num_perm=NUM_PERM, seed=SEED)  # permutations drawn once: MinHash() redraws them each time
+
+
 def word_minhash(text: str) -> MinHash:
     """MinHash of the text's word set (normalised as the held-out guard normalises)."""
-    m = MinHash(num_perm=NUM_PERM, seed=SEED)
+    m = _TEMPLATE.copy()
     m.update_batch(list(shingles(text, n=1)))
     return m
 
@@ -214,14 +221,17 @@ def build_profile(card: AdapterCard, *, far_threshold: float, max_records: int) 
     """Read one version's training prompts into an LSH plus sorted lengths, and its eval baseline."""
     texts, problem = training_prompts(card, max_records)
     lsh = None
-    if texts:
-        lsh = MinHashLSH(threshold=far_threshold, num_perm=NUM_PERM)
+    hashes = [word_minhash(t) for t in texts]
+    if len(texts) > BRUTE_MAX:
+        # a lower LSH threshold misses fewer near prompts; candidates are then checked against far_threshold
+        lsh = MinHashLSH(threshold=far_threshold * LSH_SLACK, num_perm=NUM_PERM)
         with lsh.insertion_session() as session:
-            for i, text in enumerate(texts):
-                session.insert(i, LeanMinHash(word_minhash(text)))
+            for i, m in enumerate(hashes):
+                session.insert(i, LeanMinHash(m))
+    signatures = np.stack([m.hashvalues for m in hashes]) if hashes else np.zeros((0, NUM_PERM), dtype=np.uint64)
     lengths = np.sort(np.array([len(t) for t in texts], dtype=np.float64))
-    return Profile(lsh=lsh, train_lengths=lengths, train_records=len(texts), baseline=eval_baseline(card),
-                   problem=problem)
+    return Profile(lsh=lsh, signatures=signatures, train_lengths=lengths, train_records=len(texts),
+                   baseline=eval_baseline(card), problem=problem)
 
 
 class DriftMonitor:
@@ -326,14 +336,24 @@ class DriftMonitor:
         self._seq += 1
         window.requests.append(self._seq)
         text = prompt_text(obs.prompt)[:TEXT_CAP]
-        if profile.lsh is not None:
-            window.far.append(not profile.lsh.query(word_minhash(text)))
+        if len(profile.signatures):
+            window.far.append(self._far(profile, word_minhash(text)))
             window.prompt_lengths.append(len(text))
         baseline = profile.baseline
         if obs.completion_tokens is not None:
             window.output_tokens.append(obs.completion_tokens)
         if baseline is not None and baseline.label_format is not None and obs.output is not None:
             window.invalid.append(baseline.label_format.invalid(obs.output[:TEXT_CAP]))
+
+    def _far(self, profile: Profile, m: MinHash) -> bool:
+        """No training prompt's estimated Jaccard reaches far_threshold (LSH candidates, then their signatures)."""
+        rows = profile.signatures
+        if profile.lsh is not None:
+            candidates = profile.lsh.query(m)
+            if not candidates:
+                return True
+            rows = rows[np.fromiter(candidates, dtype=np.int64, count=len(candidates))]
+        return float(np.max(np.mean(rows == m.hashvalues, axis=1))) < self.far_threshold
 
     def view(self, adapter: str, version: str) -> DriftView:
         """The current gauges of one version (as exported)."""
