@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lorafleet.evaluate.metrics import classification, rouge, sacre, squad
+from lorafleet.evaluate.metrics import classification, meteor, rouge, sacre, squad
 from lorafleet.evaluate.metrics.base import MetricResult
 
 TextFamily = Callable[..., list[MetricResult]]
@@ -16,11 +16,12 @@ TEXT_FAMILIES: dict[str, TextFamily] = {
     "chrf": sacre.chrf,
     "token_f1": squad.token_f1,
     "exact_match": squad.exact_match,
+    "meteor": meteor.meteor,
 }
 FAMILY_OF: dict[str, str] = {
     **{t: "rouge" for t in rouge.ROUGE_TYPES}, "rouge": "rouge",
     "bleu": "bleu", "chrf": "chrf", "chrf++": "chrf",
-    "token_f1": "token_f1", "exact_match": "exact_match",
+    "token_f1": "token_f1", "exact_match": "exact_match", "meteor": "meteor",
     "accuracy": "classification", "label_f1": "classification", "label_micro_f1": "classification",
     "classification": "classification",
     "perplexity": "perplexity",
