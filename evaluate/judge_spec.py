@@ -52,7 +52,8 @@ class JudgeSpec(_Strict):
                                        description="Pairwise: the two targets (default: review.pairwise, else the "
                                        "baseline and the first other target).")
     sample: int | None = Field(default=None, ge=1, description="Judge only this many samples (seeded, same for "
-                               "every target); default: all.")
+                               "every target; drawn as review.sample draws, so the same count and seed judge "
+                               "exactly the reviewed samples); default: all.")
     seed: int = 0
     max_failure_rate: float = Field(default=0.2, ge=0, le=1, description="Above this share of unjudged samples, "
                                     "gates on judge metrics fail.")

@@ -402,3 +402,39 @@ def test_gates_on_judge_metrics_need_a_judge_and_a_known_criterion(tmp_path) -> 
     path.write_text(path.read_text().replace("judge:\n  rubric: mini.yaml\n  model: base\n", ""))
     with pytest.raises(ConfigError, match=r"'judge_fluency' needs a judge"):
         load_suite(path)
+
+
+def test_demo_suite_judges_the_reviewed_samples_and_rescore_measures_kappa(fake, tmp_path) -> None:
+    """The demo's path: eval run (judge on the base) → review push → grades → eval rescore --grades."""
+    from lorafleet.evaluate.review_push import review_items
+    from lorafleet.evaluate.runner import run_plan
+    from lorafleet.evaluate.targets import for_review
+
+    repo = Path(__file__).resolve().parents[3]
+    suite_path = repo / "examples" / "suites" / "ticket-summaries.yaml"
+    suite = load_suite(suite_path)
+    fake.state.adapters = ["ticket-summaries@latest"]
+    fake.state.default = lambda model, text: f"good summary: {text[:30]}" if model != "fake-base" else "bad"
+    fake.state.judge = lambda body: (json.dumps({c: 5 if response_of(body).startswith("good") else 2 for c in
+                                                 ("relevance", "accuracy", "coherence", "safety")})
+                                     if is_judge(body) else None)
+    outcome = run_suite(suite, suite_path, opts(fake, tmp_path, out=tmp_path / "demo", data_dir=tmp_path / "data"),
+                        runs_dir=tmp_path / "runs")
+    assert outcome.results.judge.requests == 40 and outcome.results.judge.unjudged == 0
+    store = RunStore(outcome.path)
+    spec, outputs = for_review(suite.review, run_plan(store.manifest()), store.outputs())
+    items = [i for i in review_items(outcome.results.run_id, suite.name, spec, store.samples(), outputs,
+                                     store.scores()) if i.responses is None]
+    verdicts = [json.loads(x) for x in (outcome.path / "judgements.jsonl").read_text().splitlines()]
+    assert {(v["target"], v["id"]) for v in verdicts} == {(i.metadata["target"], i.metadata["sample_id"])
+                                                         for i in items}  # the judge grades the reviewed samples
+    assert all("judge_relevance" in i.scores for i in items)  # and its scores ride along for review
+    rows = [{"queue": "eval-ticket-summaries", "item": i.id, "reviewer": "scripted", "choice": None,
+             "scores": {c: (4 if i.metadata["target"] != "base" else 2) for c in
+                        ("relevance", "accuracy", "coherence", "safety")}, **{k: i.metadata[k] for k in
+                                                                             ("run_id", "target", "sample_id")}}
+            for i in items]
+    res = rescore(outcome.path, grades=write_jsonl(tmp_path / "grades.jsonl", rows))
+    ag = res.judge.agreement
+    assert ag.status == "measured" and ag.shared == 40
+    assert all(c.kappa.value is not None and c.n == 40 for c in ag.criteria)
