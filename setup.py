@@ -22,4 +22,7 @@ for package, folder in PARTS.items():
 DATA = ["*.html", "*.j2", "*.jinja", "*.jinja2", "*.yaml", "*.yml", "*.ini", "*.mako",
         "*.css", "*.js", "*.json", "*.md", "*.txt"]
 
-setup(packages=packages, package_dir=package_dir, package_data={p: DATA for p in packages})
+# The Hugging Face `evaluate` module scripts are files to load, not packages to import.
+HF_MODULES = {"lorafleet.evaluate.hf_modules": ["*/*.py"]}
+
+setup(packages=packages, package_dir=package_dir, package_data={**{p: DATA for p in packages}, **HF_MODULES})

@@ -60,14 +60,27 @@ def read_predictions(path: Path) -> list[Prediction]:
 def score_file(path: Path, metrics: list[str], *, label_pattern: str | None = None, labels: list[str] | None = None,
                resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> list[FileScore]:
     """Corpus figures with bootstrap CIs for the requested metric names (or families)."""
+    check_metric_names(metrics)
+    return score_predictions(read_predictions(path), metrics, label_pattern=label_pattern, labels=labels,
+                             resamples=resamples, seed=seed, confidence=confidence)
+
+
+def check_metric_names(metrics: list[str]) -> None:
+    """Known names only, and none that needs the model itself."""
     unknown = [m for m in metrics if m not in FAMILY_OF]
     if unknown:
         raise ConfigError(f"unknown metric {unknown[0]!r}", hint=f"known: {', '.join(sorted(FAMILY_OF))}")
     if "perplexity" in metrics:
         raise ConfigError("perplexity needs the model's logprobs, not stored predictions",
                           hint="put it in a suite and use `eval run`")
-    rows = read_predictions(path)
-    families = families_for(metrics)
+
+
+def score_predictions(rows: list[Prediction], metrics: list[str], *, options: dict[str, dict[str, Any]] | None = None,
+                      label_pattern: str | None = None, labels: list[str] | None = None, resamples: int = 1000,
+                      seed: int = 0, confidence: float = 0.95) -> list[FileScore]:
+    """`score_file` on rows in memory (the HF `evaluate` modules use it); options as in a suite's metrics."""
+    check_metric_names(metrics)
+    families = families_for(metrics, options)
     refs = [r.refs() for r in rows]
     gold = pred = None
     if "classification" in families:
