@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -142,3 +143,97 @@ def merge(
     resolved = _registry(ctx).resolve(ref)
     merge_adapter(resolved, out, base=base)
     console.print(f"merged {resolved.served_name} → {out}")
+
+
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="name (every version with traffic), name@v3 or name@prod")],
+    gateway: Annotated[str, typer.Option(envvar="LORAFLEET_GATEWAY_URL",
+                                         help="The gateway whose /metrics is read.")] = "http://127.0.0.1:8000",
+    metrics_token: Annotated[str | None, typer.Option(envvar="LORAFLEET_METRICS_TOKEN",
+                                                      help="Bearer token for /metrics, if it needs one.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C, with the change since the "
+                                                        "first reading.")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="--watch: seconds between readings.")] = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Live drift of an adapter's versions at the gateway: prompts far from the training data, prompt-length
+    distance, output length and INVALID labels against the latest eval run, review grades of captured samples."""
+    import time
+
+    from lorafleet.cli.monitor import fetch_metrics, parse_drift
+
+    parsed = parse_ref(ref)
+    versions = _monitored_versions(ctx, parsed)
+    first: dict[str, object] | None = None
+    while True:
+        rows = parse_drift(fetch_metrics(gateway, metrics_token), parsed.name, versions)
+        if as_json:
+            data = [r.model_dump(mode="json") for r in rows]
+            typer.echo(json.dumps(data) if watch else json.dumps(data, indent=2))
+        else:
+            if watch:
+                console.clear()
+            _show_drift(ref, gateway, rows, first)
+        first = first or {r.version: r for r in rows}
+        if not watch:
+            return
+        time.sleep(interval)
+
+
+def _monitored_versions(ctx: typer.Context, parsed) -> set[str] | None:  # noqa: ANN001 - AdapterRef
+    """None (every version) for a bare name; the version, or an alias's versions from the local registry."""
+    if parsed.selector is None:
+        return None
+    if parsed.is_version:
+        return {parsed.selector}
+    target = _registry(ctx).aliases(parsed.name).get(parsed.alias)
+    if target is None:
+        raise RegistryError(f"{parsed.name} has no alias {parsed.alias!r} in this registry",
+                            hint=f"pass {parsed.name} (every version) or {parsed.name}@vN")
+    return {target} if isinstance(target, str) else set(target)
+
+
+def _show_drift(ref: str, gateway: str, rows, first) -> None:  # noqa: ANN001 - VersionDrift rows
+    """A table per version: each measure, its change since the first reading (--watch), its alert threshold."""
+    if not rows:
+        console.print(f"no drift data for {ref} at {gateway} yet: no traffic to it since the gateway started "
+                      "(or LORAFLEET_DRIFT=0 there)", highlight=False)
+        return
+    for r in rows:
+        console.print(_drift_table(r, (first or {}).get(r.version), gateway))
+        if r.drift:
+            console.print(f"[red]{r.ref} drifts:[/] {', '.join(r.drift)}", highlight=False)
+
+
+def _drift_table(r, was, gateway: str) -> Table:  # noqa: ANN001 - VersionDrift now and at the first reading
+    from lorafleet.cli import monitor as mon
+
+    small = r.requests < mon.MIN_WINDOW
+    lo, hi = mon.OUTPUT_RATIO_RANGE
+    base = "-" if r.eval_invalid_rate is None else f"{r.eval_invalid_rate:.0%}"
+    measures = [("prompts far from training data", "input_far_share", ".0%", f"> {mon.FAR_SHARE_MAX:.0%}",
+                 "input far from training data"),
+                ("prompt length distance (KS)", "input_length_distance", ".2f", f"> {mon.LENGTH_KS_MAX:.2f}",
+                 "prompt lengths"),
+                ("output length / eval run's", "output_length_ratio", ".2f", f"< {lo:g} or > {hi:g}", "output length")]
+    if r.output_invalid_rate is not None or r.eval_invalid_rate is not None:
+        measures.append(("INVALID labels", "output_invalid_rate", ".0%",
+                         f"> eval {base} + {mon.INVALID_EXCESS_MAX:.0%}", "INVALID labels"))
+    title = f"{r.ref}: last {r.requests} requests at {gateway}" + (
+        f" (under {mon.MIN_WINDOW}: too few to alert)" if small else "")
+    table = Table("measure", "now", "alert when", "", title=title, title_justify="left")
+    for measure, field, fmt, when, flag in measures:
+        value, before = getattr(r, field), getattr(was, field) if was is not None else None
+        if value is None:
+            now = "[dim]not measured[/]"
+        else:
+            now = format(value, fmt)
+            if before is not None and abs(value - before) >= 0.005:
+                now += f" ({'↑' if value > before else '↓'}{format(abs(value - before), fmt)})"
+        status = "" if value is None or small else ("[red]DRIFT[/]" if flag in r.drift else "[green]ok[/]")
+        table.add_row(measure, now, when, status)
+    for criterion, mean in sorted(r.review_grade_mean.items()):
+        table.add_row(f"review grade: {criterion}", f"{mean:.2f} (n={r.review_grades})", "", "")
+    return table
