@@ -28,8 +28,8 @@ def judge_lines(results: RunResults) -> list[str]:
         lines.append(f"judge pairwise {pw.b} vs {pw.a}: {pw.wins_b} wins, {pw.wins_a} losses, {pw.ties} ties, "
                      f"{pw.flips} flipped with the order (flip rate {flip}) over {pw.pairs} samples")
     ag = j.agreement
-    if ag.status == "measured" or ag.criteria:
-        for c in ag.criteria:
+    if ag.status == "measured" or ag.criteria or ag.pairwise:
+        for c in [*ag.criteria, *([ag.pairwise] if ag.pairwise else [])]:
             trust = "" if c.trusted is None else ("  trusted" if c.trusted else "  UNTRUSTED")
             lines.append(f"judge vs humans {c.criterion}: κ {_agreement_cell(c.kappa)}, α {_agreement_cell(c.alpha)}"
                          f", n={c.n}{trust}")
@@ -64,12 +64,13 @@ def judge_markdown(summary: JudgeSummary | None) -> list[str]:
                    f"({pw.flips} of {pw.pairs}){first}")
     ag = j.agreement
     trust_bar = ", ".join(f"{'κ' if k == 'kappa' else 'α'} ≥ {v:g}" for k, v in (j.trusted_if or {}).items())
-    if ag.criteria:
+    rows = [*ag.criteria, *([ag.pairwise] if ag.pairwise else [])]
+    if rows:
         out += ["", f"Agreement with human grades ({ag.grades}, {ag.shared} shared samples; quadratic κ and "
                 f"interval α vs the reviewers' median, bootstrap CIs){f'; trusted if {trust_bar}' if trust_bar else ''}"
                 f"{f' — {ag.note}' if ag.note else ''}:", "",
                 "| criterion | n | κ | α | trust |", "|---|---|---|---|---|"]
-        for c in ag.criteria:
+        for c in rows:
             trust = "–" if c.trusted is None else ("trusted" if c.trusted else f"**untrusted** ({c.reason})")
             out.append(f"| {c.criterion} | {c.n} | {_agreement_cell(c.kappa)} | {_agreement_cell(c.alpha)} | {trust} |")
     else:

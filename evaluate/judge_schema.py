@@ -83,6 +83,8 @@ class JudgeAgreement(BaseModel):
     graded_items: int = Field(default=0, description="Grade rows of this run's items in the file.")
     shared: int = Field(default=0, description="Samples with both a judge verdict and a human grade.")
     criteria: list[CriterionAgreement] = Field(default_factory=list)
+    pairwise: CriterionAgreement | None = Field(default=None, description="Pairwise verdicts vs reviewers' A/B "
+                                                "choices (a < tie < b; both bad counts as a tie).")
 
 
 class JudgeSummary(BaseModel):

@@ -148,8 +148,31 @@ def _consensus(values: list[float]) -> int:
     return int(math.floor(float(np.median(values)) + 0.5))
 
 
+def pairwise_agreement(spec: JudgeSpec, verdicts: list[Verdict], pair: tuple[str, str] | None, grades: HumanGrades,
+                       *, confidence: float, reps: int, seed: int) -> CriterionAgreement | None:
+    """The judge's order-consistent verdict (a flip is a tie) vs the reviewers' median choice, coded
+    a=0 < tie=1 < b=2: quadratic κ and interval α over the samples both decided."""
+    if pair is None or not grades.choices:
+        return None
+    a, b = pair
+    code = {a: 0, TIE: 1, "both_bad": 1, b: 2}
+    judged = pair_verdicts(verdicts, pair)
+    pairs = []
+    for sid, (v1, v2) in sorted(judged.items()):
+        human = [code[c] for c in grades.choices.get(sid, []) if c in code]
+        if human:
+            pairs.append((code[v1] if v1 == v2 else 1, _consensus([float(h) for h in human])))
+    js, hs = [p[0] for p in pairs], [p[1] for p in pairs]
+    kappa = quadratic_kappa_ci(js, hs, labels=[0, 1, 2], reps=reps, confidence=confidence, seed=seed,
+                               min_items=spec.min_shared)
+    alpha = alpha_ci([[float(j), float(h)] for j, h in pairs], level="interval", reps=reps, confidence=confidence,
+                     seed=seed, min_items=spec.min_shared)
+    return CriterionAgreement(criterion="pairwise", n=len(pairs), kappa=kappa, alpha=alpha)
+
+
 def measure_agreement(spec: JudgeSpec, rubric: Rubric, verdicts: list[Verdict], grades: HumanGrades | None, *,
-                      confidence: float, resamples: int, seed: int) -> JudgeAgreement:
+                      confidence: float, resamples: int, seed: int, pair: tuple[str, str] | None = None
+                      ) -> JudgeAgreement:
     """Quadratic κ and interval α of judge vs reviewers' median, per criterion, with bootstrap CIs over items."""
     if grades is None:
         return JudgeAgreement(status="not measured", note="no human grades given (--grades FILE or judge.grades)")
@@ -163,7 +186,7 @@ def measure_agreement(spec: JudgeSpec, rubric: Rubric, verdicts: list[Verdict], 
                     else f"{grades.source} holds no grades")
         return out
     reps = min(resamples, 1000)
-    for c in rubric.criteria:
+    for c in rubric.criteria if spec.pointwise else []:
         pairs = [(judged[k][c.name], _consensus([r[c.name] for r in grades.scores[k] if c.name in r]))
                  for k in shared if c.name in judged[k] and any(c.name in r for r in grades.scores[k])]
         js, hs = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -172,9 +195,13 @@ def measure_agreement(spec: JudgeSpec, rubric: Rubric, verdicts: list[Verdict], 
         alpha = alpha_ci([[float(j), float(h)] for j, h in pairs], level="interval", reps=reps,
                          confidence=confidence, seed=seed, min_items=spec.min_shared)
         out.criteria.append(CriterionAgreement(criterion=c.name, n=len(pairs), kappa=kappa, alpha=alpha))
-    if len(shared) < spec.min_shared:
+    if spec.is_pairwise:
+        out.pairwise = pairwise_agreement(spec, verdicts, pair, grades, confidence=confidence, reps=reps, seed=seed)
+        out.shared += out.pairwise.n if out.pairwise else 0
+    decided = len(shared) if spec.pointwise else (out.pairwise.n if out.pairwise else 0)
+    if decided < spec.min_shared:
         out.status = "not enough data"
-        out.note = f"{len(shared)} sample(s) both judged and graded, need {spec.min_shared}"
+        out.note = f"{decided} sample(s) both judged and graded, need {spec.min_shared}"
     elif grades.note:
         out.note = grades.note
     return out
@@ -185,13 +212,13 @@ def _trust(spec: JudgeSpec, agreement: JudgeAgreement) -> None:
     if spec.trusted_if is None:
         return
     t = spec.trusted_if
-    for row in agreement.criteria:
+    for row in [*agreement.criteria, *([agreement.pairwise] if agreement.pairwise else [])]:
         reasons = []
         for sym, want, got in (("κ", t.kappa, row.kappa), ("α", t.alpha, row.alpha)):
             if want is None:
                 continue
             if got is None or got.value is None:
-                why = agreement.note if agreement.status != "measured" else (got.note if got else None)
+                why = (got.note if got else None) or (agreement.note if agreement.status != "measured" else None)
                 reasons.append(f"{sym} {why or 'undefined'}")
             elif got.value < want:
                 reasons.append(f"{sym} {got.value:.2f} < {want:g}")
@@ -204,7 +231,9 @@ def untrusted_metrics(spec: JudgeSpec, rubric: Rubric, agreement: JudgeAgreement
     if spec.trusted_if is None:
         return {}
     out: dict[str, str] = {}
-    if agreement.status == "not measured" or not agreement.criteria:
+    if not spec.pointwise:
+        pass
+    elif agreement.status == "not measured" or not agreement.criteria:
         reason = f"judge untrusted: agreement with humans not measured ({agreement.note})"
         out = {f"{JUDGE}_{c.name}": reason for c in rubric.criteria} | {JUDGE: reason}
     else:
@@ -214,8 +243,12 @@ def untrusted_metrics(spec: JudgeSpec, rubric: Rubric, agreement: JudgeAgreement
         if out:
             out[JUDGE] = next(iter(out.values()))
     if spec.is_pairwise:
-        # Pairwise verdicts are compared with no human choice here: a trust bar cannot be met by them.
-        out[PAIRWISE_METRIC] = "judge untrusted: pairwise verdicts have no measured agreement with humans"
+        row = agreement.pairwise
+        if row is None:
+            out[PAIRWISE_METRIC] = ("judge untrusted: agreement with humans not measured (no reviewer A/B choices "
+                                    "of this run's pairs)")
+        elif not row.trusted:
+            out[PAIRWISE_METRIC] = row.reason or "judge untrusted"
     return out
 
 
@@ -349,7 +382,7 @@ def apply_judge(results: RunResults, suite: Any, stored: StoredJudge, grades: Hu
             b = {name: _subset(jm.per_target[t][name], ids_t, keep)}
             results.comparisons += compare_metrics(a, b, target=t, vs=vs, suite=suite)
     agreement = measure_agreement(spec, stored.rubric, stored.verdicts, grades, confidence=st.confidence,
-                                  resamples=st.resamples, seed=st.seed)
+                                  resamples=st.resamples, seed=st.seed, pair=stored.pair)
     _trust(spec, agreement)
     untrusted = untrusted_metrics(spec, stored.rubric, agreement)
     failed = [v for v in stored.verdicts if not v.judged]
@@ -440,7 +473,8 @@ def judge_grades(suite: Any, suite_path: Path | str | None, grades_path: Path | 
     if path is None:
         return None
     grades = load_grades(path, run_id, suite.name)
-    check_rubric_match(judge_rubric(spec, suite_path), str(resolve_path(spec.rubric, suite_path)), grades)
+    if spec.pointwise:  # pairwise verdicts are compared with A/B choices, which have no rubric scale
+        check_rubric_match(judge_rubric(spec, suite_path), str(resolve_path(spec.rubric, suite_path)), grades)
     return grades
 
 

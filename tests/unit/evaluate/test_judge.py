@@ -438,3 +438,32 @@ def test_demo_suite_judges_the_reviewed_samples_and_rescore_measures_kappa(fake,
     ag = res.judge.agreement
     assert ag.status == "measured" and ag.shared == 40
     assert all(c.kappa.value is not None and c.n == 40 for c in ag.criteria)
+
+
+def test_pairwise_agreement_with_reviewer_choices_decides_trust(fake, tmp_path) -> None:
+    def writer(model: str, text: str) -> str:  # every 4th ticket the base writes the good summary
+        base_better = int(text.split()[1].rstrip(":")) % 4 == 0
+        return f"good {text}" if (model == ADAPTER) != base_better else f"bad {text}"
+
+    fake.state.default, fake.state.judge = writer, honest
+    suite = make_suite(tmp_path, JUDGE + "  mode: pairwise\n  trusted_if: {kappa: 0.6}\n",
+                       gates="  - judge_pairwise >= 0.5")
+    outcome = run(fake, tmp_path, suite)
+    gate = next(g for g in outcome.results.gates if g.target == ADAPTER)
+    assert not gate.passed and "no reviewer A/B choices" in gate.detail
+    run_id = outcome.results.run_id
+
+    def choices(pick: Any) -> Path:
+        return write_jsonl(tmp_path / "pairs.jsonl", [
+            {"queue": "eval-summ-pairwise", "item": f"{run_id}:pair:s{i}", "reviewer": "ann", "scores": {},
+             "choice": pick(i), "run_id": run_id, "sample_id": f"s{i}"} for i in range(12)])
+
+    agree = rescore(outcome.path, grades=choices(lambda i: ADAPTER if i % 4 else "base"))
+    row = agree.judge.agreement.pairwise
+    assert row.n == 12 and row.kappa.value > 0.6 and row.trusted
+    assert next(g for g in agree.gates if g.target == ADAPTER).passed
+    disagree = rescore(outcome.path, grades=choices(lambda i: "base" if i % 4 else "both_bad"))
+    row = disagree.judge.agreement.pairwise
+    assert row.trusted is False
+    gate = next(g for g in disagree.gates if g.target == ADAPTER)
+    assert not gate.passed and "judge untrusted: κ" in gate.detail and "(pairwise)" in gate.detail
