@@ -1,6 +1,6 @@
-"""A stand-in review app over real HTTP (for CLIs that build their own client): the ingest API and the
-queue check, with the status codes of human_review's API (404 missing queue with the admin token, 401
-bad token, 400 invalid)."""
+"""A stand-in review app over real HTTP (for CLIs that build their own client): the ingest API, the
+grades export (`state.grades`) and the queue check, with the status codes of human_review's API (404
+missing queue with the admin token, 401 bad token, 400 invalid)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class ReviewState:
     queues: set[str] = field(default_factory=set)
     received: dict[str, list[str]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    grades: dict[str, list[dict]] = field(default_factory=dict)  # queue → rows of its grades export
 
 
 @dataclass
@@ -34,6 +35,11 @@ def _answer(state: ReviewState, method: str, path: str, auth: str, body: bytes) 
     state.requests.append((method, path))
     if auth != f"Bearer {state.token}":
         return _error(401, "invalid token")
+    if method == "GET" and path.startswith("/api/v1/queues/") and "/export" in path:
+        name = path.removeprefix("/api/v1/queues/").split("/export")[0]
+        if name not in state.queues:
+            return _error(404, f"queue {name!r} not found")
+        return 200, state.grades.get(name, [])  # a list: served as NDJSON, one row a line
     if method == "GET" and path.startswith("/api/v1/queues/"):
         name = path.removeprefix("/api/v1/queues/")
         return (200, {"name": name}) if name in state.queues else _error(404, f"queue {name!r} not found")
@@ -56,7 +62,7 @@ def review_server(state: ReviewState | None = None) -> Iterator[RunningReview]:
             length = int(self.headers.get("content-length") or 0)
             status, obj = _answer(st, method, self.path, self.headers.get("authorization", ""),
                                   self.rfile.read(length))
-            data = json.dumps(obj).encode()
+            data = ("".join(json.dumps(r) + "\n" for r in obj) if isinstance(obj, list) else json.dumps(obj)).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
