@@ -225,19 +225,40 @@ def rubric_for(task: str) -> str:
 
 
 def eval_env() -> dict[str, str]:
-    return {"LORAFLEET_REVIEW_URL": REVIEW, "LORAFLEET_REVIEW_TOKEN": load_json(SECRETS)["review_admin_token"]}
+    """Secrets go to `lorafleet eval` through the environment, never on its command line."""
+    secrets_ = load_json(SECRETS)
+    return {"LORAFLEET_REVIEW_URL": REVIEW, "LORAFLEET_REVIEW_TOKEN": secrets_["review_admin_token"],
+            "LORAFLEET_EVAL_API_KEY": secrets_["api_key"]}
 
 
 def eval_step(task: str) -> Callable[[], None]:
     def step() -> None:
         out = DEMO / "eval" / task
         lorafleet("eval", "run", f"examples/suites/{task}.yaml", "--endpoint", GATEWAY,
-                  "--api-key", load_json(SECRETS)["api_key"], "--out", str(out), "--push-review",
+                  "--out", str(out), "--push-review",
                   # vLLM batches base and adapter requests together: more in flight, more tokens/s on 2 cores.
                   "--concurrency", str(EVAL_CONCURRENCY),
                   ok=(0, 1), env=eval_env())
         lorafleet("eval", "report", str(out), "--format", "md")  # report.html is written beside it
     return step
+
+
+def step_grade() -> None:
+    """A scripted reviewer grades the summaries' eval samples through the review app's real pages, by a known
+    rule (accuracy = 1 + 4·ROUGE-L, plus noise; the other criteria at random): the metric ↔ grade table must
+    find that rule, and the judge's κ against the reviewer says whether its scores can be trusted."""
+    task = "ticket-summaries"
+    run = DEMO / "eval" / task
+    grades = run / "grades.jsonl"
+    user, password = REVIEWER
+    cmd = [sys.executable, "scripts/scripted_reviewer.py", "--url", REVIEW, "--user", user, "--queue", f"eval-{task}",
+           "-n", "200", "--rule", "rougeL", "--criterion", "accuracy", "--noise", "0.5", "--seed", "0"]
+    console.print(f"[dim]$ python {' '.join(cmd[1:])}[/]", highlight=False)
+    subprocess.run(cmd, cwd=REPO, check=True, text=True, env={**os.environ, "LORAFLEET_REVIEWER_PASSWORD": password})
+    lorafleet("review", "export", f"eval-{task}", "--format", "grades", "-o", str(grades))
+    lorafleet("eval", "correlate", str(run), "--grades", str(grades))
+    # The judge's verdicts are reused from the run; only its agreement with the reviewer is new.
+    lorafleet("eval", "rescore", str(run), "--grades", str(grades), "--endpoint", GATEWAY, ok=(0, 1), env=eval_env())
 
 
 def step_capture() -> None:
@@ -269,6 +290,8 @@ def summary() -> None:
         if results.exists():
             for line in baseline_verdicts(json.loads(results.read_text())):
                 console.print(f"{task}: {line}", highlight=False)
+    for line in human_lines(DEMO / "eval" / "ticket-summaries"):
+        console.print(f"ticket-summaries: {line}", highlight=False)
     guard = load_json(DEMO / "guard.json")
     if guard:
         found = ", ".join(f"{k}: {v}" for k, v in guard.items())
@@ -330,6 +353,32 @@ def baseline_verdicts(data: dict) -> list[str]:
     return lines
 
 
+def human_lines(run: Path) -> list[str]:
+    """The scripted reviewer's grades against ROUGE-L (the rule it follows) and against the judge (κ)."""
+    lines = []
+    corr = load_json(run / "correlation.json")
+    row = next((r for r in corr.get("table", {}).get("rows", [])
+                if r["metric"] == "rougeL" and r["criterion"] == "accuracy"), None)
+    if row is not None:
+        if row.get("spearman") is None:
+            lines.append(f"ROUGE-L ↔ accuracy grades: {row.get('note') or 'undefined'}")
+        else:
+            lo, hi = row["spearman_ci"]
+            lines.append(f"ROUGE-L ↔ accuracy grades (scripted reviewer, n={row['n']}): Spearman "
+                         f"{row['spearman']:.2f} [{lo:.2f}, {hi:.2f}]")
+    judge = (load_json(run / "results.json").get("judge") or {}).get("agreement") or {}
+    for c in judge.get("criteria", []):
+        kappa = c.get("kappa") or {}
+        if kappa.get("value") is None:
+            text = kappa.get("note") or judge.get("status", "not measured")
+        else:
+            ci = kappa.get("ci")
+            text = f"κ {kappa['value']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        trust = "" if c.get("trusted") is None else (" trusted" if c["trusted"] else " UNTRUSTED")
+        lines.append(f"judge vs reviewer on {c['criterion']} (n={c.get('n', 0)}): {text}{trust}")
+    return lines
+
+
 STEPS: list[tuple[str, Callable[[], None], bool]] = [
     # (title, function, resumable: skipped when done before)
     ("prepare the embedded base model", step_base, True),
@@ -337,6 +386,7 @@ STEPS: list[tuple[str, Callable[[], None], bool]] = [
     *[(f"train the {t} adapter", train_step(t), True) for t in TASKS],
     ("start the gateway (vLLM + LoRA) and the review app", step_services, False),
     *[(f"evaluate base vs {t} through the gateway", eval_step(t), True) for t in TASKS],
+    ("grade the summaries with a scripted reviewer: metric ↔ grade, judge κ", step_grade, True),
     ("capture live requests into review", step_capture, True),
 ]
 

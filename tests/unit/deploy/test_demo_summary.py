@@ -77,3 +77,18 @@ def test_delta_column_is_against_the_suite_baseline_not_a_prompted_baseline() ->
                              "significant": True}]}
     rows = _demo().summary_rows(data)
     assert "Δ +0.900 *" in rows[0][2]
+
+
+def test_human_lines_show_the_rule_correlation_and_the_judge_kappa(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "correlation.json").write_text(json.dumps({"table": {"rows": [
+        {"metric": "rougeL", "criterion": "accuracy", "n": 40, "spearman": 0.81, "spearman_ci": [0.7, 0.9]}]}}))
+    (tmp_path / "results.json").write_text(json.dumps({"judge": {"agreement": {"status": "measured", "criteria": [
+        {"criterion": "accuracy", "n": 40, "kappa": {"value": 0.12, "ci": [-0.1, 0.3]}, "trusted": False},
+        {"criterion": "safety", "n": 3, "kappa": {"value": None, "note": "not enough data"}}]}}}))
+    lines = _demo().human_lines(tmp_path)
+    assert lines[0] == "ROUGE-L ↔ accuracy grades (scripted reviewer, n=40): Spearman 0.81 [0.70, 0.90]"
+    assert lines[1] == "judge vs reviewer on accuracy (n=40): κ 0.12 [-0.10, 0.30] UNTRUSTED"
+    assert lines[2] == "judge vs reviewer on safety (n=3): not enough data"
+    assert _demo().human_lines(tmp_path / "missing") == []
