@@ -261,17 +261,54 @@ def step_grade() -> None:
     lorafleet("eval", "rescore", str(run), "--grades", str(grades), "--endpoint", GATEWAY, ok=(0, 1), env=eval_env())
 
 
+OFF_DISTRIBUTION = ["Write a haiku about autumn rain on a tin roof.", "What is 17 multiplied by 23?",
+                    "Translate 'good morning' into French and Spanish.", "Explain photosynthesis to a child.",
+                    "List three prime numbers larger than fifty.", "Who painted the Mona Lisa?",
+                    "Give me a recipe for a quick tomato soup.", "What causes the seasons on Earth?",
+                    "Suggest a name for a black and white kitten.", "Summarise the plot of Hamlet in one line."]
+
+
 def step_capture() -> None:
+    """Live traffic: captured into review, and watched for drift (off-distribution prompts must show)."""
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{GATEWAY}/v1", api_key=load_json(SECRETS)["api_key"])
     prompts = ["My card was charged twice for one order, please help.",
                "Where is my parcel? It has been ten days.",
                "I want to cancel my subscription today."]
-    for i, prompt in enumerate(prompts):
-        reply = client.chat.completions.create(model="support-intents", user=f"demo-user-{i}", max_tokens=32,
-                                               temperature=0, messages=[{"role": "user", "content": prompt}])
-        console.print(f"[bold]{reply.model}[/] ← {prompt}\n   → {reply.choices[0].message.content}", highlight=False)
+    ask(client, prompts)
+    monitor("drift after in-distribution traffic")
+    # Enough of them to fill the monitor's minimum window (50 requests), so it may call it drift.
+    off = [f"{p} ({n})" for n in range(5) for p in OFF_DISTRIBUTION]
+    console.print(f"[bold]now {len(off)} prompts unlike anything support-intents was trained on:[/]")
+    ask(client, off, show=False, max_tokens=8)
+    monitor("drift after off-distribution traffic")
+
+
+def ask(client: object, prompts: list[str], *, show: bool = True, max_tokens: int = 32) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> object:
+        return client.chat.completions.create(model="support-intents", user=f"demo-user-{i}", max_tokens=max_tokens,
+                                              temperature=0, messages=[{"role": "user", "content": prompts[i]}])
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(one, range(len(prompts))))
+    if show:
+        for prompt, reply in zip(prompts, replies, strict=True):
+            console.print(f"[bold]{reply.model}[/] ← {prompt}\n   → {reply.choices[0].message.content}",
+                          highlight=False)
+
+
+def monitor(title: str) -> None:
+    time.sleep(2)  # the gateway folds observations into its drift windows off the request path
+    console.print(f"[bold]{title}:[/]")
+    out = lorafleet("adapters", "monitor", "support-intents", "--gateway", GATEWAY, "--json", capture=True).stdout
+    rows = json.loads(out)
+    lorafleet("adapters", "monitor", "support-intents", "--gateway", GATEWAY)
+    drift = load_json(DEMO / "drift.json")
+    drift[title] = rows
+    save_json(DEMO / "drift.json", drift)
 
 
 def summary() -> None:
@@ -292,6 +329,12 @@ def summary() -> None:
                 console.print(f"{task}: {line}", highlight=False)
     for line in human_lines(DEMO / "eval" / "ticket-summaries"):
         console.print(f"ticket-summaries: {line}", highlight=False)
+    for title, rows in load_json(DEMO / "drift.json").items():
+        for r in rows:
+            far = "-" if r.get("input_far_share") is None else f"{r['input_far_share']:.2f}"
+            flagged = ", ".join(r.get("drift", [])) or "none flagged"
+            console.print(f"{title}: {r['adapter']}@{r['version']} far-from-training share {far} over "
+                          f"{r.get('requests', 0)} request(s); drift: {flagged}", highlight=False)
     guard = load_json(DEMO / "guard.json")
     if guard:
         found = ", ".join(f"{k}: {v}" for k, v in guard.items())
