@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from lorafleet.human_review import db
 from lorafleet.human_review.deps import LoginRequired
 from lorafleet.human_review.errors import ReviewError
+from lorafleet.human_review.middleware import BodyLimit, TrustedProxies
 from lorafleet.human_review.security import LoginLimiter
 from lorafleet.human_review.settings import ReviewSettings
 from lorafleet.human_review.templating import make_templates
@@ -56,10 +57,17 @@ def create_app(settings: ReviewSettings) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = db.session_factory(engine)
     app.state.templates = make_templates(HERE / "templates")
-    app.state.limiter = LoginLimiter(settings.login_max_failures, settings.login_window_seconds)
+    app.state.limiter = LoginLimiter(
+        settings.login_max_failures, settings.login_window_seconds,
+        account_max_failures=settings.login_account_max_failures,
+        account_max_delay_s=settings.login_account_max_delay_seconds,
+        address_max_failures=settings.login_address_max_failures, max_entries=settings.login_limiter_max_entries)
     app.state.admin_token = admin_token(settings)
+    # The signed cookie carries only the server-side session's random id and the CSRF token.
     app.add_middleware(SessionMiddleware, secret_key=settings.secret_key(), session_cookie="lorafleet_review",
-                       same_site="strict", https_only=settings.secure_cookies, max_age=12 * 3600)
+                       same_site="strict", https_only=settings.secure_cookies, max_age=settings.session_max_seconds)
+    app.add_middleware(BodyLimit, api_bytes=settings.review_max_body_bytes, form_bytes=settings.review_max_form_bytes)
+    app.add_middleware(TrustedProxies, trusted=settings.review_trusted_proxies)  # outermost: sees the real peer
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(auth.router)
     app.include_router(pages.router)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import secrets
 import time
 
-from lorafleet.human_review import security
+from lorafleet.human_review import security, sessions
 from lorafleet.human_review.errors import Conflict, NotFound, ReviewError
 from lorafleet.human_review.models import Grade, Item, Queue, QueueMember, Slot, User
 from lorafleet.human_review.rubrics import PAIRWISE, Rubric
-from lorafleet.human_review.schemas import QueueCreate, QueueCreated, QueuePublic, UserCreate
-from sqlalchemy import func, insert, select
+from lorafleet.human_review.schemas import QueueCreate, QueueCreated, QueuePublic, UserCreate, UserPublic
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,14 +32,63 @@ def get_user(session: Session, *, name: str) -> User | None:
 
 
 def authenticate(session: Session, *, name: str, password: str) -> User | None:
+    """The user when the password matches and the account is enabled (a full argon2 verify either way)."""
     user = get_user(session, name=name)
     ok = security.verify_password(user.password_hash if user else None, password)
-    return user if ok else None
+    return user if ok and user.disabled_at is None else None
+
+
+def require_user(session: Session, *, name: str) -> User:
+    user = get_user(session, name=name)
+    if user is None:
+        raise NotFound(f"user {name!r} not found", hint="list users with `lorafleet review users list`")
+    return user
+
+
+def set_disabled(session: Session, *, name: str, disabled: bool) -> User:
+    """Disable (no login; every session ended, leases handed back) or enable an account. Grades stay."""
+    user = require_user(session, name=name)
+    if disabled and user.disabled_at is None:
+        user.disabled_at = time.time()
+        sessions.revoke_all(session, user_id=user.id)
+        _release_leases(session, user_id=user.id)
+    elif not disabled:
+        user.disabled_at = None
+    session.flush()
+    return user
+
+
+def reset_password(session: Session, *, name: str, password: str) -> User:
+    """Set a new password and end every session of the account (a stolen cookie stops working)."""
+    user = require_user(session, name=name)
+    if not 8 <= len(password) <= 1024:
+        raise ReviewError("passwords need 8 to 1024 characters", hint="pick a longer password")
+    user.password_hash = security.hash_password(password)
+    sessions.revoke_all(session, user_id=user.id)
+    session.flush()
+    return user
+
+
+def list_users(session: Session) -> list[UserPublic]:
+    return [UserPublic(id=u.id, name=u.name, role=u.role, disabled=u.disabled_at is not None)
+            for u in session.scalars(select(User).order_by(User.name))]
+
+
+def _release_leases(session: Session, *, user_id: int, queue_id: int | None = None) -> None:
+    """Hand the user's open leases back to the pool (all queues, or one)."""
+    where = [Slot.reviewer_id == user_id, Slot.state == "leased"]
+    if queue_id is not None:
+        where.append(Slot.queue_id == queue_id)
+    session.execute(update(Slot).where(*where).values(state="free", reviewer_id=None, lease_expires=None,
+                                                      leased_at=None))
 
 
 def create_queue(session: Session, *, queue_in: QueueCreate, rubric: Rubric | None) -> QueueCreated:
     """A new queue and its ingest token (returned once; only its hash is stored)."""
-    if session.scalar(select(Queue).where(Queue.name == queue_in.name)) is not None:
+    if (same := session.scalar(select(Queue).where(Queue.name == queue_in.name))) is not None:
+        if same.deleted_at is not None:  # names stay reserved: its archived grades are exported by name
+            raise Conflict(f"queue {queue_in.name!r} exists (deleted; its grades are kept)",
+                           hint="pick another name")
         raise Conflict(f"queue {queue_in.name!r} exists", hint="pick another name or import into it")
     if queue_in.mode == "rubric" and (rubric is None or not rubric.criteria):
         raise ReviewError("a rubric queue needs a rubric with at least one criterion",
@@ -62,11 +111,25 @@ def rotate_token(session: Session, *, queue: Queue) -> str:
     return token
 
 
-def get_queue(session: Session, *, name: str) -> Queue:
+def get_queue(session: Session, *, name: str, include_deleted: bool = False) -> Queue:
+    """The queue by name; a deleted queue is NotFound unless `include_deleted` (exports of its archive)."""
     queue = session.scalar(select(Queue).where(Queue.name == name))
     if queue is None:
         raise NotFound(f"queue {name!r} not found", hint="list queues with `lorafleet review queues list`")
+    if queue.deleted_at is not None and not include_deleted:
+        raise NotFound(f"queue {name!r} was deleted",
+                       hint=f"its grades are kept: lorafleet review export {name} --include-deleted")
     return queue
+
+
+def delete_queue(session: Session, *, queue: Queue) -> None:
+    """Soft delete: hidden from reviewers, pages and the API, its token dead, open leases dropped; items
+    and grades stay in the database for `review export --include-deleted`. Caller commits."""
+    queue.deleted_at = time.time()
+    queue.token_hash = "deleted:" + secrets.token_hex(24)  # no token hashes to this: ingest refused
+    session.execute(update(Slot).where(Slot.queue_id == queue.id, Slot.state == "leased").values(
+        state="free", reviewer_id=None, lease_expires=None, leased_at=None))
+    session.flush()
 
 
 def add_member(session: Session, *, queue: Queue, user_name: str) -> None:
@@ -78,12 +141,27 @@ def add_member(session: Session, *, queue: Queue, user_name: str) -> None:
         session.flush()
 
 
+def remove_member(session: Session, *, queue: Queue, user_name: str) -> bool:
+    """Take a reviewer off a queue (their open leases there go back to the pool; their grades stay).
+    False when they were not a member."""
+    user = require_user(session, name=user_name)
+    member = session.get(QueueMember, (queue.id, user.id))
+    if member is None:
+        return False
+    session.delete(member)
+    _release_leases(session, user_id=user.id, queue_id=queue.id)
+    session.flush()
+    return True
+
+
 def can_access(session: Session, *, user: User, queue: Queue) -> bool:
+    if queue.deleted_at is not None:
+        return False
     return user.role == "admin" or session.get(QueueMember, (queue.id, user.id)) is not None
 
 
 def visible_queues(session: Session, *, user: User) -> list[Queue]:
-    stmt = select(Queue).order_by(Queue.name)
+    stmt = select(Queue).where(Queue.deleted_at.is_(None)).order_by(Queue.name)
     if user.role != "admin":
         stmt = stmt.join(QueueMember, QueueMember.queue_id == Queue.id).where(QueueMember.user_id == user.id)
     return list(session.scalars(stmt))

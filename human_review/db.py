@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,16 +27,43 @@ def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys on every connection."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = url.split("///", 1)[-1].split("?", 1)[0]
+        private = bool(path) and path != ":memory:" and not path.startswith("file:")
+        if private:
+            _private_file(Path(path))
         # Connections are cheap here; a pool as large as the request thread pool means a request
         # never waits for a connection while the ones holding them queue on the write lock.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                pool_size=40, max_overflow=40, pool_timeout=120)
         event.listen(engine, "connect", _sqlite_pragmas)
+        if private:
+            event.listen(engine, "connect", lambda _c, _r: _private_companions(Path(path)))
         return engine
     return create_engine(url, pool_size=20, max_overflow=30, pool_timeout=120, pool_pre_ping=True)
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file 0600 (it holds password and token hashes), or tighten an older 0644 one.
+
+    SQLite creates -wal and -shm with the main file's mode, so they follow; `_private_companions`
+    re-checks them in case they were made by an older version.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    _chmod_private(path)
+
+
+def _private_companions(path: Path) -> None:
+    for suffix in ("-wal", "-shm", "-journal"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            _chmod_private(companion)
+
+
+def _chmod_private(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not ours to change (another owner): leave it as its owner set it
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI types

@@ -5,13 +5,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
-from lorafleet.human_review import security
+from fastapi.exceptions import RequestValidationError
+from lorafleet.human_review import security, sessions
+from lorafleet.human_review.db import writing
 from lorafleet.human_review.errors import Forbidden, ReviewError
 from lorafleet.human_review.models import Queue, User
 from lorafleet.human_review.settings import ReviewSettings
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -60,13 +63,19 @@ async def check_csrf(request: Request) -> None:
         raise Forbidden("missing or wrong CSRF token", hint="reload the page and submit the form again")
 
 
-def get_current_user(request: Request, session: SessionDep) -> User:
-    user_id = request.session.get("user_id")
-    user = session.get(User, user_id) if isinstance(user_id, int) else None
-    if user is None or request.session.get("pw") != user.password_hash[-16:]:
-        request.session.pop("user_id", None)
+def get_current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
+    """The user of the request's server-side session; LoginRequired when it is missing, ended or disabled."""
+    sid = request.session.get("sid")
+    row = sessions.lookup(session, sid=sid, idle_seconds=settings.session_idle_seconds) if isinstance(sid, str) \
+        else None
+    if row is None:
+        request.session.pop("sid", None)
         raise LoginRequired()
-    return user
+    if sessions.needs_touch(row):
+        with writing(session):
+            sessions.touch(session, row=row)
+            session.commit()
+    return session.get(User, row.user_id)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
@@ -101,10 +110,28 @@ def get_api_caller(request: Request, session: SessionDep, settings: SettingsDep)
     admin = request.app.state.admin_token
     if admin and security.same(token, admin):
         return ApiCaller(admin=True)
-    queue_id = session.scalar(select(Queue.id).where(Queue.token_hash == security.token_hash(token)))
+    queue_id = session.scalar(select(Queue.id).where(Queue.token_hash == security.token_hash(token),
+                                                     Queue.deleted_at.is_(None)))
     if queue_id is None:
         raise Unauthorized("invalid token", hint="get a queue token with `lorafleet review queues create`")
     return ApiCaller(admin=False, queue_id=queue_id)
 
 
 ApiCallerDep = Annotated[ApiCaller, Depends(get_api_caller)]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: Request, model: type[M]) -> M:
+    """Read and validate a JSON body *after* the route's auth dependencies ran.
+
+    FastAPI reads a declared body before solving dependencies, so a caller without a token could make
+    us read (and parse) a huge body; routes that take this instead read nothing until auth passed.
+    The body-size middleware still bounds what is read.
+    """
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False,
+                                                include_input=False)) from None

@@ -165,9 +165,10 @@ def submit(session: Session, *, queue: Queue, item: Item, reviewer_id: int, grad
            now: float | None = None) -> tuple[Grade, bool]:
     """Record a grade; returns (grade, created). A repeat (double click, refresh) returns the first one.
 
-    The reviewer's own slot is closed. If their lease expired but nobody took the slot, the late
-    grade is still accepted; if the slot went to someone else it is refused (409) unless another
-    slot of the item is still open. Commits.
+    Only the holder of a lease may grade: the reviewer's own slot is closed. If their lease expired
+    but nobody took the slot, the late grade is still accepted. A reviewer with no slot on the item
+    (never leased, skipped, or the slot went to someone else after expiry) is refused (409): grades
+    come only from items the app handed out, so nobody picks which items they grade. Commits.
     """
     now = time.time() if now is None else now
     validate_grade(queue, grade)
@@ -175,10 +176,14 @@ def submit(session: Session, *, queue: Queue, item: Item, reviewer_id: int, grad
     if existing is not None:
         return existing, False
     slot = session.scalar(select(Slot).where(Slot.item_id == item.id, Slot.reviewer_id == reviewer_id))
+    if slot is None:
+        raise Conflict("you hold no lease on this item (it was never handed to you, you skipped it, or your "
+                       "lease expired and it went to another reviewer)",
+                       hint="take the next item from the queue and grade that")
     choice = _resolve_choice(item, slot, grade.choice) if queue.mode == "pairwise" else None
     try:
         with writing(session):
-            if not _close_slot(session, item=item, slot=slot, reviewer_id=reviewer_id, now=now):
+            if not _close_slot(session, slot=slot, reviewer_id=reviewer_id):
                 session.rollback()
                 raise Conflict("your lease on this item expired and it went to another reviewer",
                                hint="take the next item")
@@ -202,19 +207,11 @@ def _grade_of(session: Session, *, item_id: int, reviewer_id: int) -> Grade | No
     return session.scalar(select(Grade).where(Grade.item_id == item_id, Grade.reviewer_id == reviewer_id))
 
 
-def _close_slot(session: Session, *, item: Item, slot: Slot | None, reviewer_id: int, now: float) -> bool:
-    if slot is not None:
-        res = session.execute(update(Slot).where(Slot.id == slot.id, Slot.reviewer_id == reviewer_id,
-                                                 Slot.state == "leased").values(state="done", lease_expires=None))
-        if res.rowcount == 1:
-            return True
-    # No live slot of ours (lease expired and reclaimed, or never leased): take any open slot of the item.
-    for free_id in session.scalars(select(Slot.id).where(Slot.item_id == item.id, _claimable(now))):
-        res = session.execute(update(Slot).where(Slot.id == free_id, _claimable(now)).values(
-            state="done", reviewer_id=reviewer_id, lease_expires=None))
-        if res.rowcount == 1:
-            return True
-    return False
+def _close_slot(session: Session, *, slot: Slot, reviewer_id: int) -> bool:
+    """Mark the reviewer's leased slot done (compare-and-set: False when it is no longer theirs)."""
+    res = session.execute(update(Slot).where(Slot.id == slot.id, Slot.reviewer_id == reviewer_id,
+                                             Slot.state == "leased").values(state="done", lease_expires=None))
+    return res.rowcount == 1
 
 
 def _resolve_choice(item: Item, slot: Slot | None, shown: str | None) -> str | None:

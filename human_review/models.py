@@ -25,6 +25,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))  # "admin" | "reviewer"
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[float] = mapped_column(Float)
+    disabled_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # set: no login, sessions ended
 
 
 class Queue(Base):
@@ -37,6 +38,8 @@ class Queue(Base):
     rubric: Mapped[dict[str, Any]] = mapped_column(JSON)  # a snapshot: later YAML edits never rewrite grades
     token_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the queue's ingest token
     created_at: Mapped[float] = mapped_column(Float)
+    # Soft delete: hidden from reviewers and the API, its grades kept for `review export --include-deleted`.
+    deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class QueueMember(Base):
@@ -105,3 +108,20 @@ class Skip(Base):
 
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
     reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+
+
+class LoginSession(Base):
+    """A browser login kept on the server: the cookie carries only a random id, stored here as its sha256.
+
+    Logout, a password reset and disabling the user revoke it; a revoked or expired row lets nobody in.
+    """
+
+    __tablename__ = "login_sessions"
+    __table_args__ = (Index("ix_login_sessions_user", "user_id"),)
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)  # absolute end (login + session_max_seconds)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -23,6 +23,7 @@ class UserPublic(BaseModel):
     id: int
     name: str
     role: Role
+    disabled: bool = False
 
 
 class QueueCreate(BaseModel):

@@ -79,7 +79,8 @@ class ExportSummary(BaseModel):
 
 def export_records(factory: sessionmaker[Session], *, queue: str, fmt: export.ExportFormat,
                    data_dir: Path, resolve: export.Resolve = "majority", include_held_out: bool = False,
-                   allow_held_out: bool = False) -> tuple[list[dict[str, Any]], ExportSummary]:
+                   allow_held_out: bool = False,
+                   include_deleted: bool = False) -> tuple[list[dict[str, Any]], ExportSummary]:
     """The records of one export; training records are checked against the held-out index first.
 
     Raises HeldOutError (exit 1) when a training record's prompt is a held-out one, unless
@@ -87,7 +88,7 @@ def export_records(factory: sessionmaker[Session], *, queue: str, fmt: export.Ex
     with `include_held_out` are marked already and not checked again: train's guard refuses them anyway.
     """
     with db.session_scope(factory) as session:
-        q = crud.get_queue(session, name=queue)
+        q = crud.get_queue(session, name=queue, include_deleted=include_deleted)  # a deleted queue's archive too
         if fmt != "training":
             rows = list(export.export_rows(session, queue=q, fmt=fmt))
             return rows, ExportSummary(queue=queue, format=fmt, records=len(rows))
@@ -129,3 +130,31 @@ def write_export(factory: sessionmaker[Session], *, queue: str, fmt: export.Expo
     rows, summary = export_records(factory, queue=queue, fmt=fmt, data_dir=data_dir, **kw)
     atomic_write_jsonl(out, rows)
     return summary.model_copy(update={"output": str(out)})
+
+
+class QueueDeleted(BaseModel):
+    """What `review queues delete` did: the queue is soft-deleted, its grades archived (and still in the DB)."""
+
+    queue: str
+    grades: int
+    archive: str = Field(description="JSONL of the queue's grades (the `grades` export format), mode 0600.")
+
+
+def delete_queue(factory: sessionmaker[Session], *, queue: str, data_dir: Path) -> QueueDeleted:
+    """Soft-delete a queue, then archive its grades to <data_dir>/review-archive/QUEUE-TIME.grades.jsonl.
+
+    Deleted first, so no grade arrives after the archive was read; either way nothing is dropped: the
+    rows stay in the database for `review export QUEUE --include-deleted`.
+    """
+    import time
+
+    with db.session_scope(factory) as session:
+        crud.delete_queue(session, queue=crud.get_queue(session, name=queue))
+    with db.session_scope(factory) as session:
+        rows = list(export.export_rows(session, queue=crud.get_queue(session, name=queue, include_deleted=True),
+                                       fmt="grades"))
+    out = Path(data_dir) / "review-archive" / f"{queue}-{time.strftime('%Y%m%dT%H%M%S')}.grades.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(out, rows)
+    out.chmod(0o600)  # reviewers' names and comments
+    return QueueDeleted(queue=queue, grades=len(rows), archive=str(out))

@@ -20,11 +20,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 from filelock import FileLock
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorafleet.formats import Message
 from lorafleet.fsutil import atomic_write_jsonl
@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 
 Source = Literal["eval", "capture", "import"]
 
+# Caps on one item, independent of any settings so every part agrees: a text (prompt, each response,
+# reference) up to MAX_TEXT_CHARS, a chat prompt's contents together too, metadata as JSON too.
+MAX_TEXT_CHARS = 100_000
+MAX_PROMPT_MESSAGES = 200
+MAX_SCORES = 200
+MAX_BATCH_BYTES = 8 * 1024 * 1024  # the client sends at most this much per POST (the app refuses > 64 MiB)
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
 
 class ReviewItem(BaseModel):
     """One thing to review: a prompt and one response (rubric) or several (pairwise)."""
@@ -40,15 +48,30 @@ class ReviewItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=200, description="Stable id; re-sending it is a no-op.")
-    prompt: str | list[Message]
-    response: str | None = None
-    responses: dict[str, str] | None = Field(
+    prompt: Text | Annotated[list[Message], Field(min_length=1, max_length=MAX_PROMPT_MESSAGES)]
+    response: Text | None = None
+    responses: dict[Annotated[str, Field(max_length=200)], Text] | None = Field(
         default=None, description="Pairwise: target label → response; shown blind as A/B.")
-    reference: str | None = None
-    adapter: str | None = Field(default=None, description="Exact served ref, e.g. support-intents@v3.")
+    reference: Text | None = None
+    adapter: str | None = Field(default=None, max_length=200, description="Exact served ref, e.g. support-intents@v3.")
     source: Source = "import"
-    scores: dict[str, float] = Field(default_factory=dict, description="Per-sample metric scores.")
+    scores: dict[Annotated[str, Field(max_length=200)], float] = Field(
+        default_factory=dict, max_length=MAX_SCORES, description="Per-sample metric scores.")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_size(cls, prompt: str | list[Message]) -> str | list[Message]:
+        if isinstance(prompt, list) and sum(len(m.content) for m in prompt) > MAX_TEXT_CHARS:
+            raise ValueError(f"the prompt's messages hold more than {MAX_TEXT_CHARS} characters together")
+        return prompt
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if metadata and len(json.dumps(metadata, ensure_ascii=False, default=str)) > MAX_TEXT_CHARS:
+            raise ValueError(f"metadata is larger than {MAX_TEXT_CHARS} characters as JSON")
+        return metadata
 
     @model_validator(mode="after")
     def _one_kind(self) -> ReviewItem:
@@ -57,6 +80,35 @@ class ReviewItem(BaseModel):
         if self.responses is not None and len(self.responses) != 2:
             raise ValueError("'responses' needs exactly two entries for a pairwise comparison")
         return self
+
+    @classmethod
+    def clipped(cls, **fields: Any) -> ReviewItem:
+        """An item from live traffic, its texts cut to the caps (metadata says `clipped`) instead of refused."""
+        cut = False
+
+        def clip(text: str | None, room: int = MAX_TEXT_CHARS) -> str | None:
+            nonlocal cut
+            if text is not None and len(text) > room:
+                cut = True
+                return text[:max(room, 0)]
+            return text
+
+        prompt = fields.get("prompt")
+        if isinstance(prompt, str):
+            fields["prompt"] = clip(prompt)
+        elif isinstance(prompt, list):
+            kept, room = [], MAX_TEXT_CHARS
+            for m in prompt[-MAX_PROMPT_MESSAGES:]:  # the latest turns matter most to a reviewer
+                content = clip(str(m.get("content") if isinstance(m, dict) else m.content), room) or ""
+                room -= len(content)
+                kept.append({**m, "content": content} if isinstance(m, dict) else {"role": m.role, "content": content})
+            cut = cut or len(prompt) > MAX_PROMPT_MESSAGES
+            fields["prompt"] = kept
+        for name in ("response", "reference"):
+            fields[name] = clip(fields.get(name))
+        if cut:
+            fields["metadata"] = {**fields.get("metadata", {}), "clipped": True}
+        return cls(**fields)
 
     def prompt_messages(self) -> list[Message]:
         if isinstance(self.prompt, str):
@@ -285,11 +337,12 @@ class ReviewClient:
                 os.fsync(f.fileno())
 
     def _read_spool(self) -> tuple[list[tuple[str, list[ReviewItem]]], list[tuple[int, bytes, str]]]:
-        """Batches (consecutive items of one queue, at most 500) and the lines that do not parse."""
+        """Batches (consecutive items of one queue, at most 500 and MAX_BATCH_BYTES) and the lines that do not parse."""
         if not self.spool.exists():
             return [], []
         batches: list[tuple[str, list[ReviewItem]]] = []
         bad: list[tuple[int, bytes, str]] = []
+        batch_bytes = 0
         for lineno, raw in enumerate(self.spool.read_bytes().split(b"\n"), start=1):
             if not raw.strip():
                 continue
@@ -302,10 +355,13 @@ class ReviewClient:
             except (ValueError, KeyError, TypeError) as exc:  # JSON, UTF-8 and pydantic errors are ValueErrors
                 bad.append((lineno, raw, f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"))
                 continue
-            if batches and batches[-1][0] == queue and len(batches[-1][1]) < 500:
+            if (batches and batches[-1][0] == queue and len(batches[-1][1]) < 500
+                    and batch_bytes + len(raw) <= MAX_BATCH_BYTES):
                 batches[-1][1].append(item)
+                batch_bytes += len(raw)
             else:
                 batches.append((queue, [item]))
+                batch_bytes = len(raw)  # a line is at least its item's JSON: a safe bound on the POST's size
         return batches, bad
 
     def _quarantine(self, bad: list[tuple[int, bytes, str]]) -> int:

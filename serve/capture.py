@@ -81,7 +81,7 @@ class Capture:
             prompt = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in prompt]
         elif not isinstance(prompt, str):
             prompt = str(prompt)
-        item = ReviewItem(id=f"capture-{uuid.uuid4().hex}", prompt=prompt, response=response,
+        item = ReviewItem.clipped(id=f"capture-{uuid.uuid4().hex}", prompt=prompt, response=response,
                           adapter=served_name, source="capture",
                           metadata={"endpoint": endpoint, **({"user": user} if user else {})})
         self.sink.offer(item)

@@ -1,11 +1,13 @@
-"""Log in and out. Failed logins are rate limited per (address, user name)."""
+"""Log in and out. Failed logins are rate limited (security.LoginLimiter: per address+account, per account
+with backoff, per address); the session lives on the server (sessions.py) and logout ends it."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
-from lorafleet.human_review import crud, leases
-from lorafleet.human_review.deps import Csrf, SessionDep, csrf_token
+from lorafleet.human_review import crud, leases, sessions
+from lorafleet.human_review.db import writing
+from lorafleet.human_review.deps import Csrf, SessionDep, SettingsDep, csrf_token
 
 router = APIRouter()
 
@@ -17,9 +19,10 @@ def login_form(request: Request) -> Response:
 
 
 @router.post("/login", dependencies=[Csrf])
-def login(request: Request, session: SessionDep, name: str = Form(max_length=64),
+def login(request: Request, session: SessionDep, settings: SettingsDep, name: str = Form(max_length=64),
           password: str = Form(max_length=1024)) -> Response:
     limiter = request.app.state.limiter
+    # The peer address, or the client a configured trusted proxy forwarded for (middleware.TrustedProxies).
     address = request.client.host if request.client else "?"
     wait = limiter.retry_after(address, name)
     if wait:
@@ -30,8 +33,11 @@ def login(request: Request, session: SessionDep, name: str = Form(max_length=64)
         limiter.failed(address, name)
         return _login_page(request, "Wrong user name or password.", 401)
     limiter.succeeded(address, name)
+    with writing(session):
+        sid = sessions.create(session, user=user, max_seconds=settings.session_max_seconds)
+        session.commit()
     request.session.clear()  # a fresh session (and CSRF token) on login: no session fixation
-    request.session.update({"user_id": user.id, "pw": user.password_hash[-16:]})
+    request.session["sid"] = sid  # a random id only: no hash material, and revocable on the server
     csrf_token(request)
     return RedirectResponse("/", status_code=303)
 
@@ -43,9 +49,15 @@ def _login_page(request: Request, error: str, status: int, headers: dict | None 
 
 
 @router.post("/logout", dependencies=[Csrf])
-def logout(request: Request, session: SessionDep) -> Response:
-    user_id = request.session.get("user_id")
-    if isinstance(user_id, int):
-        leases.release_all(session, reviewer_id=user_id)  # hand back what this reviewer held
+def logout(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    sid = request.session.get("sid")
+    row = sessions.lookup(session, sid=sid, idle_seconds=settings.session_idle_seconds) \
+        if isinstance(sid, str) else None
+    if row is not None:
+        leases.release_all(session, reviewer_id=row.user_id)  # hand back what this reviewer held
+    if isinstance(sid, str):
+        with writing(session):
+            sessions.revoke(session, sid=sid)  # a copy of the cookie saved before logout stops working
+            session.commit()
     request.session.clear()
     return RedirectResponse("/login", status_code=303)

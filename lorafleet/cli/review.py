@@ -60,7 +60,12 @@ def serve(
     settings = _settings(ctx, review_host=host, review_port=port, review_database_url=database_url)
     app_ = create_app(settings)
     console.print(f"review app on http://{settings.review_host}:{settings.review_port}")
-    uvicorn.run(app_, host=settings.review_host, port=settings.review_port, log_level="warning")
+    if settings.review_trusted_proxies:
+        console.print(f"believing X-Forwarded-For from {', '.join(settings.review_trusted_proxies)}")
+    # uvicorn's own proxy_headers would trust X-Forwarded-For from loopback: any local client could pick
+    # its address (and dodge the login limiter). Off; the app believes only LORAFLEET_REVIEW_TRUSTED_PROXIES.
+    uvicorn.run(app_, host=settings.review_host, port=settings.review_port, log_level="warning",
+                proxy_headers=False, forwarded_allow_ips=[])
 
 
 @users_app.command("add")
@@ -77,10 +82,7 @@ def users_add(
     from lorafleet.human_review import crud, db
     from lorafleet.human_review.schemas import UserCreate
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    password = _password(password_stdin)
     try:
         user_in = UserCreate(name=name, role=role, password=password)
     except ValidationError as exc:
@@ -89,6 +91,65 @@ def users_add(
     with db.session_scope(_factory(ctx, database_url)) as session:
         crud.create_user(session, user_in=user_in)
     console.print(f"added {role} [bold]{name}[/]")
+
+
+def _password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+
+
+@users_app.command("list")
+def users_list(ctx: typer.Context, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Accounts, their role and whether they are disabled."""
+    from lorafleet.human_review import crud, db
+
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        users = crud.list_users(session)
+    if json_out:
+        print_json([u.model_dump() for u in users])
+        return
+    for u in users:
+        console.print(f"{u.name:24} {u.role:8} {'disabled' if u.disabled else ''}", highlight=False)
+
+
+@users_app.command("disable")
+def users_disable(ctx: typer.Context, name: str, database_url: DbOpt = None) -> None:
+    """Disable an account: no more logins, its sessions end at once, its leases go back. Grades stay."""
+    from lorafleet.human_review import crud, db
+
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        crud.set_disabled(session, name=name, disabled=True)
+    console.print(f"disabled [bold]{name}[/] (logged out everywhere)")
+
+
+@users_app.command("enable")
+def users_enable(ctx: typer.Context, name: str, database_url: DbOpt = None) -> None:
+    """Enable a disabled account again (it logs in afresh)."""
+    from lorafleet.human_review import crud, db
+
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        crud.set_disabled(session, name=name, disabled=False)
+    console.print(f"enabled [bold]{name}[/]")
+
+
+@users_app.command("reset-password")
+def users_reset_password(
+    ctx: typer.Context,
+    name: str,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    database_url: DbOpt = None,
+) -> None:
+    """Set a new password (prompted, or read from stdin); every session of the account ends."""
+    from lorafleet.human_review import crud, db
+
+    factory = _factory(ctx, database_url)
+    with db.session_scope(factory) as session:
+        crud.require_user(session, name=name)  # an unknown name fails before the prompt
+    password = _password(password_stdin)
+    with db.session_scope(factory) as session:
+        crud.reset_password(session, name=name, password=password)
+    console.print(f"new password for [bold]{name}[/] (logged out everywhere)")
 
 
 @queues_app.command("create")
@@ -130,15 +191,23 @@ def _validated(model, **fields):  # noqa: ANN001, ANN202
 
 
 @queues_app.command("list")
-def queues_list(ctx: typer.Context, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+def queues_list(
+    ctx: typer.Context,
+    include_deleted: Annotated[bool, typer.Option("--include-deleted", help="Also list deleted queues.")] = False,
+    database_url: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Queues with progress."""
     from sqlalchemy import select
 
     from lorafleet.human_review import crud, db
     from lorafleet.human_review.models import Queue
 
+    stmt = select(Queue).order_by(Queue.name)
+    if not include_deleted:
+        stmt = stmt.where(Queue.deleted_at.is_(None))
     with db.session_scope(_factory(ctx, database_url)) as session:
-        rows = [crud.queue_public(session, queue=q) for q in session.scalars(select(Queue).order_by(Queue.name))]
+        rows = [crud.queue_public(session, queue=q) for q in session.scalars(stmt)]
     if json_out:
         print_json([r.model_dump() for r in rows])
         return
@@ -154,6 +223,32 @@ def queues_add_member(ctx: typer.Context, queue: str, user: str, database_url: D
     with db.session_scope(_factory(ctx, database_url)) as session:
         crud.add_member(session, queue=crud.get_queue(session, name=queue), user_name=user)
     console.print(f"{user} may review {queue}")
+
+
+@queues_app.command("remove-member")
+def queues_remove_member(ctx: typer.Context, queue: str, user: str, database_url: DbOpt = None) -> None:
+    """Take a reviewer off a queue: no more items from it, open leases go back; their grades stay."""
+    from lorafleet.human_review import crud, db
+
+    with db.session_scope(_factory(ctx, database_url)) as session:
+        removed = crud.remove_member(session, queue=crud.get_queue(session, name=queue), user_name=user)
+    console.print(f"{user} no longer reviews {queue}" if removed else f"{user} was not a member of {queue}")
+
+
+@queues_app.command("delete")
+def queues_delete(ctx: typer.Context, queue: str, database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Delete a queue: hidden from reviewers and the API, its token stops working. Nothing is dropped:
+    its grades are written to <data-dir>/review-archive/ and stay exportable with
+    `review export QUEUE --include-deleted`."""
+    from lorafleet.human_review.service import delete_queue
+
+    settings = _settings(ctx, review_database_url=database_url)
+    archived = delete_queue(_factory(ctx, database_url), queue=queue, data_dir=settings.data_dir)
+    if json_out:
+        print_json(archived)
+        return
+    console.print(f"deleted queue [bold]{queue}[/]; {archived.grades} grade(s) archived to {archived.archive} "
+                  f"(also: lorafleet review export {queue} --include-deleted)", highlight=False)
 
 
 @queues_app.command("token")
@@ -229,6 +324,8 @@ def export_cmd(
     allow_held_out: Annotated[bool, typer.Option(
         "--allow-held-out", help="training: export records whose prompt is in the held-out index "
                                  "(marked held_out) instead of refusing with exit 1.")] = False,
+    include_deleted: Annotated[bool, typer.Option(
+        "--include-deleted", help="Export a deleted queue (its grades are kept, never dropped).")] = False,
     database_url: DbOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary (records, conflicts, left out) "
                                                           "as JSON; needs -o.")] = False,
@@ -246,7 +343,8 @@ def export_cmd(
         raise ConfigError("--json prints the export summary on stdout", hint="write the records with -o FILE")
     settings = _settings(ctx, review_database_url=database_url)
     factory = _factory(ctx, database_url)
-    kw = {"resolve": resolve, "include_held_out": include_held_out, "allow_held_out": allow_held_out}
+    kw = {"resolve": resolve, "include_held_out": include_held_out, "allow_held_out": allow_held_out,
+          "include_deleted": include_deleted}
     if output is not None:
         summary = write_export(factory, queue=queue, fmt=format, out=output, data_dir=settings.data_dir, **kw)
     else:
