@@ -45,8 +45,8 @@ def test_repro_rotating_x_forwarded_for_does_not_dodge_the_login_limiter(tmp_pat
     """`lorafleet review serve` itself, on loopback: 12 wrong guesses, each with another X-Forwarded-For,
     meet 429 before the right password gets in (uvicorn's default trusted X-Forwarded-For from 127.0.0.1)."""
     data = tmp_path / "data"
-    env = {**os.environ, "LORAFLEET_DATA_DIR": str(data)}
-    env.pop("LORAFLEET_REVIEW_TRUSTED_PROXIES", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_")}  # defaults only
+    env["LORAFLEET_DATA_DIR"] = str(data)
     subprocess.run([sys.executable, "-m", "lorafleet", "review", "users", "add", "ann", "--password-stdin"],
                    input=PASSWORD + "\n", text=True, env=env, check=True, capture_output=True)
     port = free_port()
