@@ -4,6 +4,9 @@ prompts; the thresholds it marks are the alert rules'."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +40,13 @@ lorafleet_review_grade_mean{adapter="support-intents",criterion="correct",versio
 # TYPE lorafleet_review_grades gauge
 lorafleet_review_grades{adapter="support-intents",version="v1"} 30.0
 """
+
+
+@pytest.fixture(autouse=True)
+def _no_root_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    # main() calls logging.basicConfig, which would bind a root handler to capsys's stream; the gateway's
+    # threads log after that stream is closed
+    monkeypatch.setattr("logging.basicConfig", lambda **_: None)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -90,10 +100,16 @@ def test_metrics_token_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen == {"url": "http://gw/metrics", "headers": {"Authorization": "Bearer sekrit"}}
 
 
-def monitor_json(capsys: pytest.CaptureFixture[str], data_dir: Path, url: str, ref: str) -> list[dict]:
-    code, out, err = run(capsys, "--data-dir", str(data_dir), "adapters", "monitor", ref, "--gateway", url, "--json")
-    assert code == 0, err
-    return json.loads(out)
+def cli(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The real command in its own process (uvicorn's log handlers in this one hold on to capsys's stream)."""
+    return subprocess.run([sys.executable, "-m", "lorafleet", "--data-dir", str(data_dir), *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "120"})
+
+
+def monitor_json(data_dir: Path, url: str, ref: str) -> list[dict]:
+    out = cli(data_dir, "adapters", "monitor", ref, "--gateway", url, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 def wait_window(url: str, n: int) -> None:
@@ -107,7 +123,7 @@ def wait_window(url: str, n: int) -> None:
 
 
 def test_monitor_shows_drift_rising_when_off_distribution_prompts_arrive(
-        serve_settings, fake, key_store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        serve_settings, fake, key_store, tmp_path: Path) -> None:
     registry = Registry(serve_settings.registry_dir)
     register(registry, tmp_path, eval_run=EVAL_RUN)
     registry.set_alias("support-intents", "prod", "v1")
@@ -123,15 +139,16 @@ def test_monitor_shows_drift_rising_when_off_distribution_prompts_arrive(
 
         send(user_texts(INTENTS / "test.jsonl")[:60], "[Intent: order_status] Let me check that order.")
         wait_window(url, 60)
-        (calm,) = monitor_json(capsys, serve_settings.data_dir, url, "support-intents@prod")
+        (calm,) = monitor_json(serve_settings.data_dir, url, "support-intents@prod")
         send(OFF * 4, "Sure! Here is a long and friendly answer about something else entirely.")
         wait_window(url, 60)
         time.sleep(0.6)  # the last batch's gauges
-        (drifted,) = monitor_json(capsys, serve_settings.data_dir, url, "support-intents")
-        code, table, _ = run(capsys, "adapters", "monitor", "support-intents@v1", "--gateway", url)
+        (drifted,) = monitor_json(serve_settings.data_dir, url, "support-intents")
+        shown = cli(serve_settings.data_dir, "adapters", "monitor", "support-intents@v1", "--gateway", url)
     assert calm["version"] == "v1" and calm["requests"] == 60
     assert calm["input_far_share"] <= 0.1 and calm["output_invalid_rate"] == 0 and calm["drift"] == []
     assert drifted["input_far_share"] >= 0.5 > calm["input_far_share"]
     assert drifted["output_invalid_rate"] >= 0.5 and drifted["output_length_ratio"] > calm["output_length_ratio"]
     assert "input far from training data" in drifted["drift"] and "INVALID labels" in drifted["drift"]
-    assert code == 0 and "support-intents@v1" in table and "input far from training data" in table
+    assert shown.returncode == 0 and "support-intents@v1" in shown.stdout
+    assert "support-intents@v1 drifts: input far from training data" in shown.stdout
