@@ -169,7 +169,7 @@ class VllmLaunch:
     def command(self) -> list[str]:
         cmd = [*self.program, "--model", str(self.model),
                "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
-               "--api-key", self.api_key, "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
+               "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
                "--max-loras", str(self.max_loras), "--disable-uvicorn-access-log"]
         if self.max_cpu_loras:
             cmd += ["--max-cpu-loras", str(self.max_cpu_loras)]
@@ -185,6 +185,8 @@ class VllmLaunch:
             # Runtime LoRA loading is unsafe to expose: this server only listens on loopback
             # behind its own random key, and only the gateway knows that key.
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            # The key goes through the environment, never argv: any local user can read /proc/*/cmdline.
+            "VLLM_API_KEY": self.api_key,
             "LORAFLEET_LORA_PLUGIN": "1" if self.lora_plugin else "0",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",

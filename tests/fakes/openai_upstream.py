@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -246,7 +247,7 @@ def main() -> None:
     parser.add_argument("--served-model-name", default="base-model")
     parser.add_argument("--api-key", default=None)
     args, _ = parser.parse_known_args()
-    fake = FakeUpstream(args.served_model_name, args.api_key)
+    fake = FakeUpstream(args.served_model_name, args.api_key or os.environ.get("VLLM_API_KEY"))
     uvicorn.run(fake.app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

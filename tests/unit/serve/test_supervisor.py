@@ -19,10 +19,14 @@ def test_launch_line_and_env() -> None:
     cmd = launch.command()
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(cmd)
-    for part in ["--model /m", "--served-model-name b", "--host 127.0.0.1", "--port 1234", "--api-key k",
+    for part in ["--model /m", "--served-model-name b", "--host 127.0.0.1", "--port 1234",
                  "--enable-lora", "--max-lora-rank 32", "--max-loras 3", "--dtype bfloat16"]:
         assert part in joined
+    # The key never goes on argv (readable by any local user in /proc/*/cmdline), only in the child's env;
+    # a random key starting with '-' also broke argparse there.
+    assert "k" not in cmd and "--api-key" not in joined
     env = launch.env()
+    assert env["VLLM_API_KEY"] == "k"
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert env["LORAFLEET_LORA_PLUGIN"] == "0"
