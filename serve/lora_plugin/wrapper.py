@@ -7,15 +7,17 @@ grouping is therefore computed here, once, and every op reuses it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-from .grouping import NO_ROWS, AdapterGroups, group_rows
+from .grouping import NO_ROWS, AdapterGroups, RowGroup, group_rows
 from .ops import grouped_expand, grouped_lora_linear, grouped_shrink
 
 QUALNAME = f"{__name__}.GroupedPunicaWrapperCPU"
+log = logging.getLogger(__name__)
 
 
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
@@ -26,6 +28,9 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         super().__init__(max_num_batched_tokens, max_batches, device, **kwargs)
         self.token_groups: AdapterGroups = NO_ROWS
         self.sampler_groups: AdapterGroups = NO_ROWS
+        self._lm_head_key: tuple[int, int] | None = None
+        self._lm_head_nonzero = False
+        self._warned_prompt_logits = False
 
     def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None], max_loras: int,
                         vocab_size: int, **kwargs: Any) -> None:
@@ -48,10 +53,37 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                         lora_b_stacked: torch.Tensor, scale: float, *, buffer: torch.Tensor | None = None,
                         **kwargs: Any) -> None:
         """LoRA on the LM head, grouped by the sampled rows' adapters (base rows untouched)."""
-        y2 = y.view(-1, y.shape[-1])
+        y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
+        groups = self.sampler_groups
+        if x2.shape[0] != groups.num_rows:
+            groups = self._prompt_logits_groups(x2.shape[0], lora_b_stacked)
+            if groups is None:
+                return
         width = min(lora_b_stacked.shape[-2], y2.shape[1])
-        grouped_lora_linear(y2, x.view(-1, x.shape[-1]), (lora_a_stacked,), (lora_b_stacked,), scale,
-                            (width,), self.sampler_groups)
+        grouped_lora_linear(y2, x2, (lora_a_stacked,), (lora_b_stacked,), scale, (width,), groups)
+
+    def _prompt_logits_groups(self, rows: int, lora_b_stacked: torch.Tensor) -> AdapterGroups | None:
+        """Groups for logits over rows the sampler mapping does not describe: vLLM's prompt logprobs run
+        the LM head over one request's prompt tokens. None (add nothing) when that is exact: no LM-head
+        LoRA weights are loaded (the usual case: adapters target attention/MLP), or the batch is base-only."""
+        if self.sampler_groups.empty or not self._lm_head_lora_loaded(lora_b_stacked):
+            return None
+        slots = {g.slot for g in self.sampler_groups.groups}
+        if len(slots) == 1 and self.sampler_groups.base_rows is None:
+            # Every request of the batch uses this one adapter, so these rows do too.
+            return AdapterGroups(num_rows=rows, groups=(RowGroup(slots.pop(), slice(0, rows)),), base_rows=None)
+        if not self._warned_prompt_logits:
+            log.warning("prompt logprobs in a mixed-adapter batch with LM-head LoRA weights: the LM-head "
+                        "delta is left out for those rows (the sampler mapping does not say whose they are)")
+            self._warned_prompt_logits = True
+        return None
+
+    def _lm_head_lora_loaded(self, lora_b_stacked: torch.Tensor) -> bool:
+        """Whether any slot holds non-zero LM-head LoRA weights; cached until vLLM writes the tensor."""
+        key = (lora_b_stacked.data_ptr(), lora_b_stacked._version)
+        if self._lm_head_key != key:
+            self._lm_head_key, self._lm_head_nonzero = key, bool(torch.count_nonzero(lora_b_stacked))
+        return self._lm_head_nonzero
 
     def apply_lora_full_linear(self, y: torch.Tensor, x: torch.Tensor, weight_stacked: torch.Tensor,
                                bias_stacked: torch.Tensor, module_enabled: torch.Tensor) -> None:

@@ -135,3 +135,36 @@ def test_pure_base_batch_leaves_output_untouched():
     y = y0.clone()
     wrapper(GroupedPunicaWrapperCPU, tokens, [0]).add_lora_linear(y, x, a, b, 1.0, SLICES)
     assert torch.equal(y, y0)
+
+
+def test_prompt_logprobs_rows_without_lm_head_lora_are_left_alone():
+    """vLLM's prompt logprobs run the LM head over one request's prompt tokens, more rows than the
+    sampler mapping describes: the plugin indexed rows that were not there (IndexError: the engine died
+    mid eval run) or added sampled rows' deltas to the wrong prompt rows."""
+    gen = torch.Generator().manual_seed(6)
+    a = torch.randn(SLOTS, 1, RANK, IN, generator=gen)
+    b = torch.zeros(SLOTS, 1, 40, RANK)  # adapters on attention/MLP only: no LM-head LoRA weights
+    # Sampled rows 0, 2, 4 on one adapter (pooled into one index tensor), 1 and 3 on the base.
+    tokens, prompts = [13] * 3 + [0] * 2 + [13] * 3 + [0] + [13], [13, 0, 13, 0, 13]
+    for rows in (2, 23):  # a prompt chunk shorter, and longer, than the 5 sampled rows of the mapping
+        x = torch.randn(rows, IN, generator=gen)
+        y0 = torch.randn(rows, 36, generator=gen)
+        y = y0.clone()
+        wrapper(GroupedPunicaWrapperCPU, tokens, prompts).add_lora_logits(y, x, a, b, 1.0)
+        assert torch.equal(y, y0)
+
+
+def test_prompt_logprobs_rows_of_a_single_adapter_batch_get_its_lm_head_delta():
+    gen = torch.Generator().manual_seed(7)
+    a = torch.randn(SLOTS, 1, RANK, IN, generator=gen)
+    b = torch.randn(SLOTS, 1, 40, RANK, generator=gen)
+    x = torch.randn(9, IN, generator=gen)
+    y0 = torch.randn(9, 36, generator=gen)
+    y = y0.clone()
+    wrapper(GroupedPunicaWrapperCPU, [13] * 9, [13]).add_lora_logits(y, x, a, b, 1.0)
+    s = LORA_IDS.index(13)
+    torch.testing.assert_close(y, y0 + (x @ a[s, 0].T) @ b[s, 0, :36].T, atol=1e-4, rtol=1e-4)
+    # Mixed adapters with LM-head weights: whose rows these are is unknown, so no delta (and no crash).
+    y = y0.clone()
+    wrapper(GroupedPunicaWrapperCPU).add_lora_logits(y, x, a, b, 1.0)
+    assert torch.equal(y, y0)
