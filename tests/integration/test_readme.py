@@ -403,14 +403,19 @@ def test_serve_sdk_and_eval_tour(readme_gateway: tuple[Path, str, str], tmp_path
     md = sh(SERVE_TOUR[4], cwd, subs={"<run>": run.name}).stdout
     assert "support-intents@latest" in md and "support-intents@v1" in md and "| gate |" in md
     seen = screenshot_report(run / "report.html", tmp_path_factory.mktemp("shots") / "eval-report.png")
-    assert seen.title.startswith("Eval support-intents") and seen.score_rows == 2 and seen.charts >= 3
-    assert seen.bars == 2 * seen.charts  # base and adapter in every chart
+    targets = len(json.loads((run / "results.json").read_text())["targets"])  # base, adapter, prompted baselines
+    assert targets == 4
+    assert seen.title.startswith("Eval support-intents") and seen.score_rows == targets and seen.charts >= 3
+    assert seen.bars == targets * seen.charts  # every target in every chart
 
 
 def small_suite(cwd: Path, suite: Path) -> Path:
     """The README's suite cut to 2 samples and 8 tokens (the full one is 72 samples, ~6 min on CPU)."""
     data = yaml.safe_load(suite.read_text())
     data["dataset"]["path"] = str((suite.parent / data["dataset"]["path"]).resolve())
+    for baseline in data.get("baselines", []):  # k-shot examples are relative to the suite too
+        if "examples" in baseline:
+            baseline["examples"] = str((suite.parent / baseline["examples"]).resolve())
     data["dataset"]["limit"] = 2
     data["generation"]["max_tokens"] = 8
     data["stats"]["resamples"] = 200
