@@ -112,7 +112,7 @@ def import_(
     problems = servability_problems(info)
     if problems:
         raise RegistryError(f"{peft_dir}: vLLM cannot serve this adapter: {problems[0]}",
-                            hint="retrain or re-save it; see DESIGN.md §5")
+                            hint="retrain or re-save it; see docs/architecture.md")
     base_ref = BaseModelRef(id=info.base_model)
     if base is not None:
         found = inspect_base(base)

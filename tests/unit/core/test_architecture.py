@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN.md §2, enforced."""
+"""The dependency rules of docs/architecture.md (parts and their boundaries), enforced."""
 
 from __future__ import annotations
 
