@@ -54,13 +54,19 @@ def _throughput(rows) -> list[dict[str, Any]]:  # noqa: ANN001
             for n, s in sorted(per.items())]
 
 
+def _grades_by_item(rows, criterion: str) -> dict[str, dict[str, int]]:  # noqa: ANN001
+    """item → reviewer → level on one criterion (what agreement and drift both read)."""
+    by_item: dict[str, dict[str, int]] = defaultdict(dict)
+    for grade, ext_id, _pid, _data, name in rows:
+        if criterion in grade.scores:
+            by_item[ext_id][name] = grade.scores[criterion]
+    return by_item
+
+
 def _agreement(rows, rubric: Rubric) -> list[dict[str, Any]]:  # noqa: ANN001
     result = []
     for c in rubric.criteria:
-        by_item: dict[str, dict[str, int]] = defaultdict(dict)
-        for grade, ext_id, _pid, _data, name in rows:
-            if c.name in grade.scores:
-                by_item[ext_id][name] = grade.scores[c.name]
+        by_item = _grades_by_item(rows, c.name)
         reviewers = sorted({r for g in by_item.values() for r in g})
         units = [[g.get(r) for r in reviewers] for g in by_item.values() if len(g) >= 2]
         alpha = agreement.krippendorff_alpha(units, "ordinal")
@@ -90,10 +96,7 @@ def _drift(rows, rubric: Rubric) -> list[dict[str, Any]]:  # noqa: ANN001
     """
     out = []
     for c in rubric.criteria:
-        by_item: dict[str, dict[str, int]] = defaultdict(dict)
-        for grade, ext_id, _pid, _data, name in rows:
-            if c.name in grade.scores:
-                by_item[ext_id][name] = grade.scores[c.name]
+        by_item = _grades_by_item(rows, c.name)
         reviewers = sorted({r for g in by_item.values() for r in g})
         if len(reviewers) < 2:
             continue
