@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from lorafleet.serve.upstream import VllmLaunch, VllmProcess, resolve_dtype, usable_cpus
+from lorafleet.serve.vllm_child import VllmLaunch, VllmProcess, resolve_dtype, usable_cpus
 
 from benchmarks.serve import pct, start_gateway
 from tests.fixtures.models import CACHE, _build_once, embedded_base_dir, make_tiny_adapter

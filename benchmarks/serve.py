@@ -106,7 +106,7 @@ def start_gateway(upstream_url: str, upstream_key: str, base_name: str, data_dir
                   extra: list[str] | None = None) -> tuple[subprocess.Popen, str, str]:
     """`lorafleet serve --upstream …` on a free port (log in `<data_dir>/gateway.log`); a key for it."""
     from lorafleet.serve.keys import KeyStore
-    from lorafleet.serve.upstream import free_port
+    from lorafleet.serve.vllm_child import free_port
 
     _, key = KeyStore(f"sqlite:///{data_dir / 'lorafleet.db'}").create(name="bench", adapters="*")
     port = free_port()
@@ -128,7 +128,7 @@ def start_gateway(upstream_url: str, upstream_key: str, base_name: str, data_dir
 
 
 def start_fake(base_name: str) -> tuple[subprocess.Popen, str, str]:
-    from lorafleet.serve.upstream import free_port
+    from lorafleet.serve.vllm_child import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(port),
@@ -146,7 +146,7 @@ def start_fake(base_name: str) -> tuple[subprocess.Popen, str, str]:
 
 
 def start_vllm(base_name: str) -> tuple[object, str, str]:
-    from lorafleet.serve.upstream import VllmLaunch, VllmProcess
+    from lorafleet.serve.vllm_child import VllmLaunch, VllmProcess
 
     from tests.fixtures.models import embedded_base_dir
 

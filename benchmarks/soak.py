@@ -121,7 +121,7 @@ def build_registry(data_dir: Path, folders: list[Path], base_name: str) -> dict[
 
 
 def start_fake_upstream(base_name: str) -> tuple[subprocess.Popen, str, str]:
-    from lorafleet.serve.upstream import free_port
+    from lorafleet.serve.vllm_child import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(port),
@@ -132,7 +132,7 @@ def start_fake_upstream(base_name: str) -> tuple[subprocess.Popen, str, str]:
 
 def start_gateway(args: argparse.Namespace, data_dir: Path, base: Path,
                   upstream: tuple[str, str] | None) -> tuple[subprocess.Popen, str]:
-    from lorafleet.serve.upstream import free_port
+    from lorafleet.serve.vllm_child import free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "lorafleet", "--data-dir", str(data_dir), "serve", "--base", str(base),

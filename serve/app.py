@@ -23,7 +23,8 @@ from lorafleet.serve.review_grades import ReviewGrades
 from lorafleet.serve.routes import admin, openai, ops
 from lorafleet.serve.routing import Router
 from lorafleet.serve.state import GatewayState, base_info
-from lorafleet.serve.upstream import ChildSupervisor, HttpUpstream, UpstreamPool, VllmLaunch, free_port
+from lorafleet.serve.upstream import HttpUpstream, UpstreamPool
+from lorafleet.serve.vllm_child import ChildSupervisor, VllmLaunch, free_port
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 

