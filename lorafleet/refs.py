@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from lorafleet.errors import InvalidNameError
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# `\Z`, not `$`: `$` also matches before a trailing newline, so `alpha\n` would pass `.match`.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})\Z")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 NAME_RULE = "lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64"
 
 
@@ -27,7 +28,7 @@ def validate_version(version: str) -> str:
 
 
 def validate_alias(alias: str) -> str:
-    if re.match(r"^v[0-9]+$", alias) or not ALIAS_RE.match(alias):
+    if re.match(r"^v[0-9]+\Z", alias) or not ALIAS_RE.match(alias):
         raise InvalidNameError(
             f"invalid alias {alias!r}",
             hint="aliases are lowercase words like prod or canary (letters, digits, '_', '-'), not v<N>",
@@ -72,6 +73,6 @@ def parse_ref(ref: str) -> AdapterRef:
     validate_name(name)
     if not _:
         return AdapterRef(name)
-    if re.match(r"^v[0-9]+$", selector):
+    if re.match(r"^v[0-9]+\Z", selector):
         return AdapterRef(name, validate_version(selector))
     return AdapterRef(name, validate_alias(selector))

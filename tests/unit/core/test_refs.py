@@ -37,3 +37,15 @@ def test_validate_name_limits() -> None:
     assert validate_name("a" * 64)
     with pytest.raises(InvalidNameError):
         validate_name("a" * 65)
+
+
+@pytest.mark.parametrize("ref", ["alpha\n", "alpha@v3\n", "alpha@prod\n", "alpha\n@v3"])
+def test_repro_name_re_trailing_newline(ref: str) -> None:
+    # `$` matches before a trailing newline: `alpha\n` used to pass and become part of a path
+    with pytest.raises(InvalidNameError):
+        parse_ref(ref)
+
+
+def test_repro_validate_name_trailing_newline() -> None:
+    with pytest.raises(InvalidNameError):
+        validate_name("alpha\n")
