@@ -95,6 +95,39 @@ class BestBaseline(BaseModel):
     adapters: list[VersusBest] = Field(default_factory=list)
 
 
+class Agreement(BaseModel):
+    """One target's agreement with the base's reference answers, or its perplexity on them."""
+
+    value: float
+    ci: tuple[float, float]
+
+
+class ForgettingTarget(BaseModel):
+    """One adapter against the base on the base's own answers; every drop is base − adapter, paired."""
+
+    agreement: dict[str, Agreement] = Field(description="rougeL and exact_match against the base's answers.")
+    drop: dict[str, Agreement] = Field(description="Base's agreement now − the adapter's: paired bootstrap CI.")
+    perplexity: Agreement | None = Field(default=None, description="On the base's answers (None: no logprobs).")
+    perplexity_ratio: float | None = Field(default=None, description="Adapter's perplexity / the base's.")
+    perplexity_delta: Agreement | None = Field(default=None, description="Adapter − base perplexity, paired CI.")
+    passed: bool | None = Field(default=None, description="The max_drop gate (None: no gate asked for).")
+
+
+class ForgettingResults(BaseModel):
+    """The off-domain check: the base's reference answers, its noise floor and each adapter's drop."""
+
+    metric: str = Field(description="The agreement metric the margin applies to.")
+    max_drop: float
+    samples: int
+    references: dict[str, Any] = Field(description="Where the base's answers came from: key, base identity, "
+                                       "generated_at, cached (reused from an earlier run).")
+    noise_floor: dict[str, Agreement] = Field(
+        description="The base now against its own earlier answers (1 − agreement: decoding noise, e.g. bf16 "
+                    "greedy text changing with the batch).")
+    base_perplexity: Agreement | None = None
+    targets: dict[str, ForgettingTarget] = Field(default_factory=dict)
+
+
 class RunResults(BaseModel):
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -116,3 +149,4 @@ class RunResults(BaseModel):
     warnings: list[str] = Field(default_factory=list, description="What was left out of the run, and why.")
     judge: JudgeSummary | None = Field(default=None, description="The LLM judge: provenance, unjudged counts, "
                                        "pairwise flips, agreement with human grades, trust.")
+    forgetting: ForgettingResults | None = Field(default=None, description="The off-domain forgetting check.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +14,8 @@ from lorafleet.evaluate.baselines import best_baselines, plan_baselines
 from lorafleet.evaluate.cache import ResponseCache
 from lorafleet.evaluate.client import Completion, EndpointError, EvalClient
 from lorafleet.evaluate.dataset import Sample, dataset_path, load_samples, originals, variants
+from lorafleet.evaluate.forgetting import REFERENCES_FILE, attach_references
+from lorafleet.evaluate.forgetting_score import forgetting_gates, forgetting_warnings, summarize
 from lorafleet.evaluate.judge import judge_endpoint, judge_outputs
 from lorafleet.evaluate.judge_scoring import (
     HumanGrades,
@@ -55,6 +58,7 @@ class RunOptions:
     data_dir: Path | None = None  # the held-out guard's home: the suite's dataset is held out there, k-shot
     # baselines' examples are checked against it (None: no guard, e.g. library use without a data dir)
     grades: Path | None = None  # a grades export the judge is compared with (else the suite's judge.grades)
+    references_dir: Path | None = None  # a forgetting suite's base answers (None: beside runs_dir, "forgetting")
 
 
 @dataclass
@@ -121,7 +125,8 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
     run_id = new_run_id(suite.name)
     grades = judge_grades(suite, suite_path, opts.grades, run_id)  # a rubric mismatch stops the run before it starts
     store = RunStore(opts.out or runs_dir / run_id)
-    cache = ResponseCache(opts.cache_path) if opts.cache_path else None
+    # A forgetting run answers afresh: a cached base answer would hide the noise floor it measures.
+    cache = ResponseCache(opts.cache_path) if opts.cache_path and suite.forgetting is None else None
     client = EvalClient(opts.endpoint, opts.api_key, concurrency=opts.concurrency, cache=cache,
                         max_retries=opts.max_retries, backoff_s=opts.backoff_s, timeout_s=opts.timeout_s)
     manifest = Manifest(run_id=run_id, suite=suite.model_dump(mode="json"), suite_path=str(suite_path),
@@ -132,6 +137,9 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
         manifest.plan = asyncio.run(plan_run(suite, client, baselines))
         manifest.models = manifest.plan.models()
         store.write_manifest(manifest)
+        if suite.forgetting is not None:
+            samples = forgetting_references(suite, samples, client, manifest.models[BASE],
+                                            opts.references_dir or runs_dir.parent / "forgetting", store, progress)
         asyncio.run(generate_all(effective_suite(suite, manifest.plan), samples, client, manifest.models, outputs,
                                  progress, shapes=manifest.plan.shapes()))
     finally:
@@ -145,6 +153,15 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
     judge_step(suite, suite_path, samples, outputs, manifest, store.path, opts)
     return RunOutcome(store.path, score_and_write(store, suite, samples, outputs, manifest, notes=notes,
                                                   grades=grades))
+
+
+def forgetting_references(suite: Suite, samples: list[Sample], client: EvalClient, base_model: str, refs_dir: Path,
+                          store: RunStore, progress: Progress | None) -> list[Sample]:
+    """The base's stored (or now generated) answers as the samples' references, recorded in the run folder."""
+    attached, info = asyncio.run(attach_references(suite, samples, client, base_model, refs_dir, progress))
+    store.write_samples(attached)
+    store.write_text(REFERENCES_FILE, info.model_dump_json(indent=2))
+    return attached
 
 
 def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], outputs: dict[str, dict[str, Completion]],
@@ -165,6 +182,8 @@ def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], output
                          warnings=[*(notes or []), *scored.warnings])
     judged = judge_into(results, suite, store.path, grades, plan.extra_pairs())
     add_plan(results, plan, primary_metrics(suite))
+    if suite.forgetting is not None and BASE in results.targets:
+        add_forgetting(results, suite, store.path)
     rows = per_sample_rows(samples, scored.targets)
     if judged is not None:
         judge_score_rows(rows, judged)
@@ -173,6 +192,18 @@ def score_and_write(store: RunStore, suite: Suite, samples: list[Sample], output
     store.write_text("report.md", render_markdown(results))
     store.write_text("report.html", render_html(results, samples, outputs, rows, primary=primary_metric(suite)))
     return results
+
+
+def add_forgetting(results: RunResults, suite: Suite, run_dir: Path) -> None:
+    """The forgetting section, its gates (which decide `passed` with the others) and what it could not measure."""
+    assert suite.forgetting is not None
+    refs_file = Path(run_dir) / REFERENCES_FILE
+    refs = json.loads(refs_file.read_text(encoding="utf-8")) if refs_file.is_file() else {}
+    refs["cached"] = refs.get("generated", 1) == 0
+    results.forgetting = summarize(suite.forgetting, results, refs)
+    results.gates += forgetting_gates(suite.forgetting, results.forgetting)
+    results.passed = all(g.passed for g in results.gates)
+    results.warnings += forgetting_warnings(results.forgetting)
 
 
 def add_plan(results: RunResults, plan: RunPlan, metrics: list[str]) -> None:

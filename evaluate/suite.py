@@ -193,6 +193,23 @@ class BiasLimit(_Strict):
         return f"bias {what} {' and '.join(bounds)}{' (CI)' if self.significant else ''}"
 
 
+FORGETTING_METRICS = ("rougeL", "exact_match")
+
+
+class ForgettingSpec(_Strict):
+    """The suite is a forgetting check: its references are the base's own greedy answers (generated once per
+    base and suite, then reused), and an adapter passes when the upper CI bound of its drop in agreement with
+    them, against the base's own agreement now (the noise floor), is under `max_drop`."""
+
+    max_drop: float = Field(default=0.05, gt=0, lt=1, description="Non-inferiority margin on the agreement metric.")
+    metric: Literal["rougeL", "exact_match"] = Field(
+        default="rougeL", description="Agreement with the base's answers that the margin applies to.")
+    targets: list[str] | None = Field(default=None, description="Default: every target except base.")
+
+    def describe(self) -> str:
+        return f"forgetting: {self.metric} drop vs base, CI upper bound < {self.max_drop:g}"
+
+
 class Suite(_Strict):
     """One evaluation: dataset, targets, decoding, metrics, extraction, gates, review push."""
 
@@ -214,6 +231,8 @@ class Suite(_Strict):
     bias: dict[str, BiasLimit] = Field(
         default_factory=dict, description="Gates on counterfactual figures, e.g. label_flip_rate: {max: 0.05}.")
     judge: JudgeSpec | None = Field(default=None, description="An LLM judge grading outputs on a review rubric.")
+    forgetting: ForgettingSpec | None = Field(
+        default=None, description="Off-domain check: agreement with the base's own answers, e.g. {max_drop: 0.05}.")
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -243,6 +262,7 @@ class Suite(_Strict):
                 names.append(name)
                 options.setdefault(name, {}).update(opts or {})
         names += [g.metric for g in self.gates if not is_judge_metric(g.metric)]  # the judge computes those
+        names += list(FORGETTING_METRICS) if self.forgetting is not None else []
         return families_for(names, options)
 
 
@@ -294,7 +314,20 @@ def _check_references(suite: Suite, lines: dict, path: Path) -> None:
     if suite.dataset.path is None and suite.dataset.adapter is None:
         fail(("dataset",), "give 'path' or 'adapter'", "e.g. dataset: ../data/test.jsonl")
     _check_bias(suite, fail)
+    _check_forgetting(suite, fail)
     check_judge(suite, fail, path)
+
+
+def _check_forgetting(suite: Suite, fail: Any) -> None:
+    """A forgetting suite compares with the base's answers: base is a target, and it names the adapters."""
+    if suite.forgetting is None:
+        return
+    if BASE not in suite.targets:
+        fail(("forgetting",), "a forgetting check compares adapters with the base's own answers, but 'base' is "
+             "not a target", "add base to targets, e.g. targets: [base, my-adapter@latest]")
+    for t in suite.forgetting.targets or []:
+        if t not in suite.targets or t == BASE:
+            fail(("forgetting", "targets"), f"{t!r} is not an adapter target", "name targets other than base")
 
 
 def _check_bias(suite: Suite, fail: Any) -> None:

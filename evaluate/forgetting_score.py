@@ -1,0 +1,108 @@
+"""Forgetting scored: each adapter's agreement with the base's answers and perplexity on them, against the
+base's own (its noise floor), as paired drops with CIs; and the non-inferiority gate on the drop."""
+
+from __future__ import annotations
+
+import math
+
+from lorafleet.evaluate.results import (
+    Agreement,
+    Comparison,
+    ForgettingResults,
+    ForgettingTarget,
+    GateResult,
+    MetricScore,
+    RunResults,
+)
+from lorafleet.evaluate.suite import BASE, FORGETTING_METRICS, ForgettingSpec
+
+PERPLEXITY = "perplexity"
+
+
+def _score(score: MetricScore | None) -> Agreement | None:
+    return None if score is None else Agreement(value=score.value, ci=score.ci)
+
+
+def _drop(comp: Comparison) -> Agreement:
+    """Comparisons hold adapter − base; a drop is base − adapter, so its CI is the mirror image."""
+    return Agreement(value=-comp.delta, ci=(-comp.ci[1], -comp.ci[0]))
+
+
+def forgetting_targets(spec: ForgettingSpec, results: RunResults) -> list[str]:
+    """The adapters checked: as the suite names them, else every target but base and the prompted baselines."""
+    if spec.targets:
+        return [t for t in spec.targets if t in results.targets]
+    return [t for t, r in results.targets.items() if t != BASE and r.role != "baseline"]
+
+
+def summarize(spec: ForgettingSpec, results: RunResults, references: dict) -> ForgettingResults:
+    """The forgetting section of a run's results from its targets' metrics and paired comparisons."""
+    base = results.targets[BASE]
+    comps = {(c.target, c.metric): c for c in results.comparisons if c.vs == BASE}
+    out = ForgettingResults(metric=spec.metric, max_drop=spec.max_drop, samples=results.samples,
+                            references=references,
+                            noise_floor={m: a for m in FORGETTING_METRICS if (a := _score(base.metrics.get(m)))},
+                            base_perplexity=_score(base.metrics.get(PERPLEXITY)))
+    for name in forgetting_targets(spec, results):
+        target = results.targets[name]
+        ppl, base_ppl = target.metrics.get(PERPLEXITY), base.metrics.get(PERPLEXITY)
+        ppl_comp = comps.get((name, PERPLEXITY))
+        entry = ForgettingTarget(
+            agreement={m: a for m in FORGETTING_METRICS if (a := _score(target.metrics.get(m)))},
+            drop={m: _drop(c) for m in FORGETTING_METRICS if (c := comps.get((name, m))) is not None},
+            perplexity=_score(ppl),
+            perplexity_ratio=ppl.value / base_ppl.value if ppl and base_ppl and base_ppl.value else None,
+            perplexity_delta=None if ppl_comp is None else Agreement(value=ppl_comp.delta, ci=ppl_comp.ci))
+        out.targets[name] = entry
+    return out
+
+
+def forgetting_gates(spec: ForgettingSpec, summary: ForgettingResults) -> list[GateResult]:
+    """Non-inferiority: an adapter passes when the upper CI bound of its drop is under `max_drop`."""
+    gates = []
+    for name, entry in summary.targets.items():
+        drop = entry.drop.get(spec.metric)
+        if drop is None:
+            gates.append(GateResult(gate=spec.describe(), target=name, passed=False,
+                                    detail=f"{spec.metric} against the base's answers not computed"))
+            entry.passed = False
+            continue
+        upper = drop.ci[1]
+        passed = not math.isnan(upper) and upper < spec.max_drop
+        entry.passed = passed
+        gates.append(GateResult(gate=spec.describe(), target=name, passed=passed,
+                                detail=f"drop {drop.value:+.4f} [{drop.ci[0]:+.4f}, {drop.ci[1]:+.4f}], upper bound "
+                                       f"{'<' if passed else '>='} {spec.max_drop:g} over {summary.samples} prompts"))
+    return gates
+
+
+def forgetting_warnings(summary: ForgettingResults) -> list[str]:
+    """What the forgetting check could not measure."""
+    missing = [n for n, e in summary.targets.items() if e.perplexity is None]
+    if summary.base_perplexity is None or missing:
+        return ["forgetting: perplexity on the base's answers left out (the endpoint gave no prompt_logprobs); "
+                "agreement (rougeL, exact_match) is measured"]
+    return []
+
+
+def forgetting_lines(summary: ForgettingResults) -> list[str]:
+    """Plain lines for the CLI: the noise floor, then each adapter's agreement, drop and perplexity."""
+    m = summary.metric
+    floor = summary.noise_floor.get(m)
+    ref = summary.references
+    lines = [f"forgetting ({summary.samples} prompts; references: the base's answers, "
+             f"{'reused' if ref.get('cached') else 'generated now'}): base now vs its own answers {m} "
+             + (f"{floor.value:.3f} [{floor.ci[0]:.3f}, {floor.ci[1]:.3f}]" if floor else "–")]
+    for name, e in summary.targets.items():
+        a, d = e.agreement.get(m), e.drop.get(m)
+        text = f"  {name}: {m} {a.value:.3f}" if a else f"  {name}: {m} –"
+        if d:
+            text += f", drop {d.value:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}]"
+        if (em := e.agreement.get("exact_match")) is not None:
+            text += f", exact match {em.value:.3f}"
+        if e.perplexity_ratio is not None:
+            text += f", perplexity ×{e.perplexity_ratio:.2f} of the base's"
+        if e.passed is not None:
+            text += f" — {'pass' if e.passed else 'FAIL'} (max_drop {summary.max_drop:g})"
+        lines.append(text)
+    return lines
