@@ -71,4 +71,10 @@ class AdapterCard(BaseModel):
 
 
 # Fields that may change after a version is created: what we learn about it later.
-MUTABLE_CARD_FIELDS = frozenset({"metrics", "eval_runs", "review", "notes"})
+MUTABLE_CARD_FIELDS = frozenset({"metrics", "eval_runs", "review", "notes", "forgetting"})
+    forgetting: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The off-domain forgetting check (examples/forgetting): agreement with the base's own greedy "
+                    "answers (rougeL, exact_match) and the drop against the base's noise floor with paired CIs, "
+                    "perplexity on the base's answers, the max_drop gate, n, suite, run and engine. Written by "
+                    "`train` (a time-boxed subset) and by `eval run` of a forgetting suite; empty if never measured.")
