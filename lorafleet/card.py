@@ -63,6 +63,12 @@ class AdapterCard(BaseModel):
                     "Empty for imported adapters and versions trained before the guard.")
     mlflow_run_id: str | None = None
     notes: str | None = None
+    forgetting: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The off-domain forgetting check (examples/forgetting): agreement with the base's own greedy "
+                    "answers (rougeL, exact_match) and the drop against the base's noise floor with paired CIs, "
+                    "perplexity on the base's answers, the max_drop gate, n, suite, run and engine. Written by "
+                    "`train` (a time-boxed subset) and by `eval run` of a forgetting suite; empty if never measured.")
 
     @property
     def served_name(self) -> str:
@@ -72,9 +78,3 @@ class AdapterCard(BaseModel):
 
 # Fields that may change after a version is created: what we learn about it later.
 MUTABLE_CARD_FIELDS = frozenset({"metrics", "eval_runs", "review", "notes", "forgetting"})
-    forgetting: dict[str, Any] = Field(
-        default_factory=dict,
-        description="The off-domain forgetting check (examples/forgetting): agreement with the base's own greedy "
-                    "answers (rougeL, exact_match) and the drop against the base's noise floor with paired CIs, "
-                    "perplexity on the base's answers, the max_drop gate, n, suite, run and engine. Written by "
-                    "`train` (a time-boxed subset) and by `eval run` of a forgetting suite; empty if never measured.")
