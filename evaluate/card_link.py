@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lorafleet.evaluate.forgetting_score import card_entry
 from lorafleet.evaluate.results import RunResults
 from lorafleet.evaluate.scoring import uses_labels, with_labels
 from lorafleet.evaluate.store import RunStore
@@ -37,6 +38,8 @@ def link_run_to_cards(registry: Registry, results: RunResults, run_path: Path) -
                      **baselines.get(target, {})}
             if append_eval_run(registry, resolved.served_name, entry):
                 linked.append(resolved.served_name)
+            if (forgot := card_entry(results, target, entry["path"])) is not None:
+                registry.update_card_with(resolved.served_name, lambda _card, f=forgot: {"forgetting": f})
     return linked
 
 

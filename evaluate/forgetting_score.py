@@ -106,3 +106,50 @@ def forgetting_lines(summary: ForgettingResults) -> list[str]:
             text += f" — {'pass' if e.passed else 'FAIL'} (max_drop {summary.max_drop:g})"
         lines.append(text)
     return lines
+
+
+def card_entry(results: RunResults, target: str, run_path: str) -> dict | None:
+    """What the adapter's card keeps of one forgetting run (None when the run did not check `target`)."""
+    f = results.forgetting
+    if f is None or target not in f.targets:
+        return None
+    e = f.targets[target]
+    return {"suite": results.suite, "run_id": results.run_id, "path": run_path, "endpoint": results.endpoint,
+            "measured_at": results.created_at, "samples": f.samples, "confidence": results.confidence,
+            "resamples": results.resamples, "metric": f.metric, "max_drop": f.max_drop, "passed": e.passed,
+            "agreement": {m: a.model_dump() for m, a in e.agreement.items()},
+            "drop": {m: a.model_dump() for m, a in e.drop.items()},
+            "noise_floor": {m: a.model_dump() for m, a in f.noise_floor.items()},
+            "perplexity": e.perplexity.model_dump() if e.perplexity else None,
+            "base_perplexity": f.base_perplexity.model_dump() if f.base_perplexity else None,
+            "perplexity_ratio": e.perplexity_ratio,
+            "references": {k: f.references.get(k) for k in ("key", "base", "generated", "reused", "cached")},
+            "warnings": [w for w in results.warnings if w.startswith("forgetting")]}
+
+
+def card_lines(entry: dict) -> list[str]:
+    """`adapters show`: the card's forgetting entry in a few plain lines."""
+    if not entry:
+        return ["forgetting: not measured (run `lorafleet eval run examples/forgetting/suite.yaml` with this "
+                "adapter as a target)"]
+    m = entry.get("metric", "rougeL")
+
+    def fmt(a: dict | None, signed: bool = False) -> str:
+        if not a:
+            return "–"
+        f = "{:+.3f}" if signed else "{:.3f}"
+        return f"{f.format(a['value'])} [{f.format(a['ci'][0])}, {f.format(a['ci'][1])}]"
+
+    verdict = {True: "pass", False: "FAIL", None: "no gate"}[entry.get("passed")]
+    lines = [f"forgetting: {verdict} (max_drop {entry.get('max_drop')}) on {entry.get('samples')} general prompts, "
+             f"{int(100 * entry.get('confidence', 0.95))}% CI, suite {entry.get('suite')}, run {entry.get('run_id')}",
+             f"  {m} vs the base's answers {fmt(entry['agreement'].get(m))}, drop {fmt(entry['drop'].get(m), True)}"
+             f"; base's own (noise floor) {fmt(entry['noise_floor'].get(m))}",
+             f"  exact match {fmt(entry['agreement'].get('exact_match'))}, drop "
+             f"{fmt(entry['drop'].get('exact_match'), True)}"]
+    if entry.get("perplexity") and entry.get("base_perplexity"):
+        lines.append(f"  perplexity on the base's answers {fmt(entry['perplexity'])} vs the base's "
+                     f"{fmt(entry['base_perplexity'])} (×{entry['perplexity_ratio']:.2f})")
+    else:
+        lines.append("  perplexity: not measured (the endpoint gave no prompt_logprobs)")
+    return lines

@@ -55,6 +55,10 @@ def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="name, name
         return
     console.print(f"[bold]{resolved.served_name}[/]  {resolved.path}")
     console.print_json(resolved.card.model_dump_json())
+    from lorafleet.evaluate.forgetting_score import card_lines
+
+    for line in card_lines(resolved.card.forgetting):  # issue 15 §3: off-domain agreement with the base
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def parse_alias_targets(targets: list[str]) -> AliasTarget:

@@ -141,6 +141,11 @@ def _show(results, path: Path, as_json: bool) -> None:
 
     for line in judge_lines(results):  # provenance, unjudged, flips, κ/α vs reviewers, trust
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if results.forgetting is not None:
+        from lorafleet.evaluate.forgetting_score import forgetting_lines
+
+        for line in forgetting_lines(results.forgetting):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     for w in results.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     console.print(f"run: {path}", highlight=False)

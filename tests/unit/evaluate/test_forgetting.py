@@ -172,3 +172,30 @@ def test_the_shipped_suite_loads_and_its_prompts_are_distinct() -> None:
     assert suite.forgetting is not None and suite.generation.max_tokens <= 48
     prompts = [json.loads(line)["messages"][-1]["content"] for line in (root / "prompts.jsonl").open()]
     assert len(prompts) >= 200 and len(set(prompts)) == len(prompts)
+
+
+def test_a_forgetting_run_lands_on_the_card_and_adapters_show_prints_it(fake, tmp_path: Path, data_dir: Path,
+                                                                       registry, capsys) -> None:
+    from lorafleet.evaluate.card_link import link_run_to_cards
+
+    from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo
+    from lorafleet.cli.main import main
+    from tests.unit.core.peft_files import write_fake_peft
+
+    card = AdapterCard(name="intents", version="v1", base=BaseModelRef(id="tiny"),
+                       lora=LoraInfo(rank=8, alpha=16, target_modules=["q_proj", "v_proj"]))
+    registry.register("intents", write_fake_peft(tmp_path / "peft"), card)
+    fake.state.served = {"intents@latest": "intents@v1"}
+    fake.state.token_logprob = {"fake-base": -0.1, "intents@latest": -0.3}
+    _base_answers(fake, wrong=6)
+    outcome = _run(_suite(tmp_path), fake, data_dir)
+    assert link_run_to_cards(registry, outcome.results, outcome.path) == ["intents@v1"]
+    entry = registry.resolve("intents@v1").card.forgetting
+    assert entry["passed"] is False and entry["samples"] == 30 and entry["run_id"] == outcome.results.run_id
+    assert entry["drop"]["exact_match"]["value"] == pytest.approx(0.2) and entry["perplexity_ratio"] > 1
+    with pytest.raises(SystemExit) as info:
+        main(["--data-dir", str(data_dir), "adapters", "show", "intents@v1"])
+    out = capsys.readouterr().out
+    assert info.value.code in (0, None)
+    assert "forgetting: FAIL (max_drop 0.05) on 30 general prompts, 95% CI" in out
+    assert "exact match 0.800" in out and "perplexity on the base's answers" in out
