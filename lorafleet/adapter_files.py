@@ -22,6 +22,7 @@ class PeftInfo:
     path: Path
     config: dict[str, Any]
     tensor_names: list[str] = field(default_factory=list)
+    tensor_shapes: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -91,7 +92,8 @@ def inspect_peft_dir(path: Path) -> PeftInfo:
     names = [k for k in header if k != "__metadata__"]
     if not any("lora_A" in k for k in names) or not any("lora_B" in k for k in names):
         raise RegistryError(f"{weights}: holds no lora_A/lora_B tensors", hint="is this really a LoRA adapter?")
-    return PeftInfo(path=path, config=config, tensor_names=names)
+    shapes = {k: list(header[k].get("shape") or []) for k in names if isinstance(header[k], dict)}
+    return PeftInfo(path=path, config=config, tensor_names=names, tensor_shapes=shapes)
 
 
 def servability_problems(info: PeftInfo, *, max_lora_rank: int | None = None,
@@ -116,3 +118,103 @@ def servability_problems(info: PeftInfo, *, max_lora_rank: int | None = None,
         if missing:
             problems.append(f"target modules {missing} do not exist in the base model")
     return problems
+
+
+# ---- the base's modules and shapes, from its safetensors headers (no weights loaded) ----------
+
+BASE_INDEX_FILE = "model.safetensors.index.json"
+
+
+def base_tensor_shapes(base_dir: Path) -> dict[str, list[int]]:
+    """Every weight name in a HF base folder → its shape, read from the safetensors headers only."""
+    base_dir = Path(base_dir)
+    index = base_dir / BASE_INDEX_FILE
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise RegistryError(f"{index}: unreadable index ({exc.__class__.__name__})",
+                                hint="re-save the base with save_pretrained") from None
+    else:
+        files = [p.name for p in sorted(base_dir.glob("*.safetensors"))]
+    if not files:
+        raise RegistryError(f"{base_dir}: no safetensors weights, so the adapter cannot be checked against it",
+                            hint="pass --base with a Hugging Face model folder (`lorafleet base prepare`)")
+    shapes: dict[str, list[int]] = {}
+    for name in files:
+        header = read_safetensors_header(base_dir / name)
+        shapes.update({k: list(v.get("shape") or []) for k, v in header.items()
+                       if k != "__metadata__" and isinstance(v, dict)})
+    return shapes
+
+
+def base_module_names(shapes: dict[str, list[int]], *, tied_embeddings: bool = True) -> set[str]:
+    """Last name component of every module holding a weight (`q_proj`, `self_attn`, …), as LoRA targets match."""
+    names = set()
+    for key in shapes:
+        parts = key.split(".")[:-1]  # drop "weight"/"bias"
+        names.update(parts)
+    if tied_embeddings:
+        names.add("lm_head")  # tied to embed_tokens, so absent from the file but present in the model
+    return names
+
+
+def _base_key(adapter_key: str) -> tuple[str, str] | None:
+    """`base_model.model.X.q_proj.lora_A.weight` → (`X.q_proj.weight`, "A"); None for non-LoRA tensors."""
+    for side in ("A", "B"):
+        marker = f".lora_{side}."
+        if marker in adapter_key:
+            module = adapter_key.split(marker)[0].removeprefix("base_model.model.")
+            return f"{module}.weight", side
+    return None
+
+
+def shape_problems(info: PeftInfo, base_shapes: dict[str, list[int]]) -> list[str]:
+    """LoRA tensors that do not fit the base: a module it lacks, or A/B shapes that differ from the weight's."""
+    problems = []
+    for key, shape in sorted(info.tensor_shapes.items()):
+        found = _base_key(key)
+        if found is None or "lora_embedding" in key:
+            continue
+        weight, side = found
+        if weight not in base_shapes:
+            problems.append(f"tensor {key}: the base has no weight {weight}")
+            continue
+        out_f, in_f = (base_shapes[weight] + [0, 0])[:2]
+        want = [info.rank, in_f] if side == "A" else [out_f, info.rank]
+        if shape != want:
+            problems.append(f"tensor {key}: shape {shape}, but rank {info.rank} on the base's {weight} "
+                            f"{base_shapes[weight]} needs {want}")
+    return problems
+
+
+def check_servable(info: PeftInfo, *, max_lora_rank: int, base_dir: Path | None) -> None:
+    """Refuse (RegistryError) what vLLM would reject or silently ignore; every reason named, with its fix.
+
+    With `base_dir`, the target modules and tensor shapes are checked against the base's safetensors headers."""
+    names = shapes = None
+    if base_dir is not None:
+        shapes = base_tensor_shapes(base_dir)
+        names = base_module_names(shapes)
+    problems = servability_problems(info, max_lora_rank=max_lora_rank, base_module_names=names)
+    if shapes is not None and not any("do not exist in the base" in p for p in problems):
+        problems += shape_problems(info, shapes)[:3]
+    if problems:
+        where = f" on the base {base_dir}" if base_dir is not None else ""
+        raise RegistryError(f"{info.path}: vLLM cannot serve this adapter{where}: {'; '.join(problems)}",
+                            hint=_fixes(problems, names, max_lora_rank))
+
+
+def _fixes(problems: list[str], names: set[str] | None, max_lora_rank: int) -> str:
+    fixes = []
+    text = " ".join(problems)
+    if "--max-lora-rank" in text:
+        fixes.append(f"serve with a larger --max-lora-rank (LORAFLEET_MAX_LORA_RANK, now {max_lora_rank}; "
+                     "set it for `serve` and for this command alike) or retrain at a rank it allows")
+    if "do not exist in the base" in text or "the base has no weight" in text or "shape" in text:
+        linear = ", ".join(sorted(n for n in names or () if n.endswith("_proj")))
+        fixes.append("pass --base with the base this adapter was trained on, or retrain it targeting modules "
+                     f"this base has ({linear or 'see its config'})")
+    if not fixes:
+        fixes.append("retrain or re-save it with rank in vLLM's set, bias none, no DoRA/modules_to_save")
+    return "; ".join(fixes)

@@ -61,6 +61,12 @@ class AdapterCard(BaseModel):
                     "allowed (--allow-held-out was given), threshold (near-duplicate Jaccard), found (the first "
                     "matches, one line each). "
                     "Empty for imported adapters and versions trained before the guard.")
+    fidelity: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The fidelity check at registration (lorafleet.fidelity.Fidelity): the adapter as the serving "
+                    "engine runs it vs HF + PEFT on the same base and probes: token_agreement, max/mean "
+                    "|Δ logprob|, prompts, tokens, engine_dtype, tolerance, passed, forced (--force), seconds; "
+                    "or {skipped: reason}. Empty on versions registered before the check.")
     mlflow_run_id: str | None = None
     notes: str | None = None
     forgetting: dict[str, Any] = Field(

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lorafleet.adapter_files import inspect_peft_dir, servability_problems
+from lorafleet.adapter_files import PeftInfo, check_servable, inspect_peft_dir
 from lorafleet.base_model import inspect_base
 from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo
-from lorafleet.cli.common import console, print_json, settings_from
+from lorafleet.cli.common import console, err_console, print_json, settings_from
 from lorafleet.errors import RegistryError
 from lorafleet.refs import parse_ref, validate_name
 from lorafleet.registry import AliasTarget, Registry
@@ -59,6 +59,24 @@ def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="name, name
 
     for line in card_lines(resolved.card.forgetting):  # issue 15 §3: off-domain agreement with the base
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+    console.print(fidelity_line(resolved.card.fidelity), highlight=False)
+
+
+def fidelity_line(f: dict) -> str:
+    """The fidelity check as one line of `adapters show`."""
+    if not f:
+        return "fidelity: not checked (registered before the check)"
+    if f.get("skipped"):
+        return f"fidelity: skipped ({f['skipped']})"
+    tol = f.get("tolerance", {})
+    verdict = "[green]passed[/]" if f.get("passed") else ("[red]FAILED, registered with --force[/]"
+                                                          if f.get("forced") else "[red]failed[/]")
+    secs = f.get("seconds", {})
+    return (f"fidelity: {verdict}: token agreement {f['token_agreement']:.3f} (>= {tol.get('min_agreement')}), "
+            f"mean |Δ logprob| {f['mean_abs_logprob_diff']:.4f} (<= {tol.get('max_mean_abs_diff')}), "
+            f"max {f['max_abs_logprob_diff']:.3f}; {f['prompts']} prompts, {f['tokens']} tokens, engine "
+            f"{f['engine_dtype']} ({f.get('engine')}), {secs.get('check', 0):.0f} s check + "
+            f"{secs.get('engine_start', 0):.0f} s engine start")
 
 
 def parse_alias_targets(targets: list[str]) -> AliasTarget:
@@ -107,31 +125,64 @@ def import_(
     ctx: typer.Context,
     peft_dir: Annotated[Path, typer.Argument(help="A folder written by PEFT's save_pretrained.")],
     name: Annotated[str, typer.Option(help="Adapter name in the registry.")],
-    base: Annotated[Path | None, typer.Option(help="Base folder it was trained on (recorded in the card).")] = None,
+    base: Annotated[Path | None, typer.Option(
+        help="Base folder it is served on and checked against (default: the configured base, else its "
+             "adapter_config's local base).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Register although the fidelity check fails "
+                                                        "(recorded on the card).")] = False,
+    skip_fidelity: Annotated[bool, typer.Option("--skip-fidelity", help="Register without the engine check "
+                                                                        "(recorded on the card).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register an existing PEFT LoRA folder as a new immutable version."""
+    """Register an existing PEFT LoRA folder as a new immutable version, after the servability checks and the
+    fidelity check (served by the engine vs HF + PEFT)."""
+    from lorafleet.cli.engine_session import EngineSettings
+
     validate_name(name)
     info = inspect_peft_dir(peft_dir)
-    problems = servability_problems(info)
-    if problems:
-        raise RegistryError(f"{peft_dir}: vLLM cannot serve this adapter: {problems[0]}",
-                            hint="retrain or re-save it; see docs/architecture.md")
+    settings = EngineSettings.from_core(settings_from(ctx))
+    base_dir = import_base(base, info, settings.base_dir)
+    # Before any engine: what vLLM would refuse or ignore, against the base's files when there is one.
+    check_servable(info, max_lora_rank=settings.max_lora_rank, base_dir=base_dir)
+    if base_dir is None and not skip_fidelity:
+        raise RegistryError(f"{peft_dir}: no base to check this adapter against ({info.base_model} is not a "
+                            f"local folder and {settings.base_dir} does not exist)",
+                            hint="pass --base DIR (the base it is served on), or run `lorafleet base prepare`")
     base_ref = BaseModelRef(id=info.base_model)
-    if base is not None:
-        found = inspect_base(base)
+    if base_dir is not None:
+        found = inspect_base(base_dir)
         base_ref = BaseModelRef(id=found.model_id, path=str(found.path), weights_sha256=found.weights_sha256)
+    if skip_fidelity:
+        fidelity = {"skipped": "--skip-fidelity"}
+    else:
+        from lorafleet.cli.fidelity import check_fidelity
+
+        fidelity = check_fidelity(peft_dir, base_dir, settings, force=force, what=str(peft_dir),
+                                  probes_source="fixed probes", console=err_console).model_dump()
     card = AdapterCard(
         name=name, version="v1", source="imported", base=base_ref,
         lora=LoraInfo(rank=info.rank, alpha=info.alpha, target_modules=info.target_modules,
                       dropout=info.config.get("lora_dropout")),
-        training={"imported_from": str(Path(peft_dir).resolve())},
+        training={"imported_from": str(Path(peft_dir).resolve())}, fidelity=fidelity,
     )
     resolved = _registry(ctx).register(name, peft_dir, card)
     if as_json:
         print_json({"name": resolved.name, "version": resolved.version, "path": str(resolved.path)})
         return
     console.print(f"registered [bold]{resolved.served_name}[/] → {resolved.path}")
+    if fidelity.get("forced"):
+        console.print("[yellow]warning:[/] registered although the fidelity check failed (--force)")
+
+
+def import_base(given: Path | None, info: PeftInfo, configured: Path) -> Path | None:
+    """The base an imported adapter is checked on: --base, else the one served (configured/embedded), else its
+    adapter_config's base when that is a local folder."""
+    if given is not None:
+        return given
+    for candidate in (configured, Path(info.base_model)):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
 
 
 @app.command()

@@ -114,6 +114,7 @@ def test_tiny_model_fixture_generates(tiny_model: Path) -> None:
 def test_tiny_adapter_imports_into_registry(tiny_adapter: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["--data-dir", str(tmp_path), "adapters", "import", str(tiny_adapter), "--name", "tiny", "--json"])
+        main(["--data-dir", str(tmp_path), "adapters", "import", str(tiny_adapter), "--name", "tiny", "--skip-fidelity",
+              "--json"])
     assert info.value.code == 0
     assert json.loads(capsys.readouterr().out)["version"] == "v1"

@@ -37,7 +37,8 @@ def test_import_list_show_alias_rm(capsys: pytest.CaptureFixture[str], tmp_path:
     peft = write_fake_peft(tmp_path / "peft")
     dd = str(tmp_path / "data")
     for _ in range(2):
-        code, out, err = run(capsys, "--data-dir", dd, "adapters", "import", str(peft), "--name", "intents")
+        code, out, err = run(capsys, "--data-dir", dd, "adapters", "import", str(peft), "--name", "intents",
+                             "--skip-fidelity")
         assert code == 0, err
     code, out, _ = run(capsys, "--data-dir", dd, "adapters", "alias", "intents", "canary", "v1=0.9", "v2=0.1")
     assert code == 0

@@ -183,7 +183,8 @@ def test_eight_concurrent_imports(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     procs = [
         subprocess.Popen([sys.executable, "-m", "lorafleet", "--data-dir", str(data_dir), "adapters", "import",
-                          str(src), "--name", "shared", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          str(src), "--name", "shared", "--skip-fidelity", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(8)
     ]
     outputs = [p.communicate(timeout=120) for p in procs]
