@@ -63,6 +63,13 @@ class ServeSettings(Settings):
                                          "ring; more points, more even spread of adapters over replicas.")
     registry_ttl: float = Field(default=2.0, ge=0, description="Seconds a resolved alias is cached.")
     key_cache_ttl: float = Field(default=5.0, ge=0, description="Seconds a verified key is cached.")
+    failed_key_lookups_per_minute: int = Field(default=60, ge=1,
+                                               description="LORAFLEET_FAILED_KEY_LOOKUPS_PER_MINUTE: unknown keys one "
+                                                           "client address may try a minute; then 429.")
+    metrics_token: SecretStr | None = Field(default=None,
+                                            description="LORAFLEET_METRICS_TOKEN: bearer token /metrics needs (an "
+                                                        "admin key works too); unset: /metrics is open on a loopback "
+                                                        "host only.")
     # Live drift (serve/drift.py) and review grades of captured samples (serve/review_grades.py).
     drift: bool = Field(default=True, description="LORAFLEET_DRIFT: measure input/output drift per adapter version.")
     drift_window: int = Field(default=200, ge=10, le=100_000,

@@ -14,6 +14,10 @@ LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BASE_LABEL = "base"
 NO_VERSION = "-"
 UNKNOWN = "unknown"
+# endpoint label of answers given before the proxy ran (auth, limits, unknown routes): a fixed set
+ENDPOINT_OF_PATH = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/models": "models",
+                    "/v1/responses": "responses", "/tokenize": "tokenize", "/detokenize": "detokenize",
+                    "/metrics": "metrics", "/health": "health", "/ready": "ready"}
 
 
 @dataclass(frozen=True)
@@ -117,3 +121,15 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
                             "Graded captured samples behind lorafleet_review_grade_mean (at most N).",
                             ["adapter", "version"], registry=registry),
     )
+
+
+def endpoint_label(path: str) -> str:
+    """The bounded `endpoint` label of a request path."""
+    if path.startswith("/admin/"):
+        return "admin"
+    return ENDPOINT_OF_PATH.get(path, "other")
+
+
+def count_answer(metrics: Metrics, path: str, status: int) -> None:
+    """Count an answer the proxy never saw (auth, rate limits, body limit, unknown routes, errors)."""
+    metrics.requests.labels(UNKNOWN, NO_VERSION, endpoint_label(path), str(status)).inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from lorafleet.serve.guard import CHECKED_KEY
 from lorafleet.serve.keys import KeyInfo
 from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.state import GatewayState
@@ -19,12 +20,16 @@ async def get_state(request: Request) -> GatewayState:
 State = Annotated[GatewayState, Depends(get_state)]
 
 
-async def current_key(state: State, authorization: Annotated[str | None, Header()] = None) -> KeyInfo:
-    return state.auth.authenticate(authorization)
+async def current_key(request: Request, state: State,
+                      authorization: Annotated[str | None, Header()] = None) -> KeyInfo:
+    return await state.auth.authenticate(authorization, request.client.host if request.client else None)
 
 
-async def admin_key(state: State, authorization: Annotated[str | None, Header()] = None) -> KeyInfo:
-    return state.auth.require_admin(authorization)
+async def admin_key(request: Request, state: State, authorization: Annotated[str | None, Header()] = None) -> KeyInfo:
+    checked = request.scope.get(CHECKED_KEY)  # serve/guard.py checked it before the body was read
+    if checked is not None:
+        return checked
+    return await state.auth.require_admin(authorization, request.client.host if request.client else None)
 
 
 CurrentKey = Annotated[KeyInfo, Depends(current_key)]
