@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,15 @@ class TrainResult(BaseModel):
 
 
 def train(config: TrainConfig, settings: Settings, *, console: Console | None = None, show_progress: bool = True,
-          fail_before_rename: Callable[[], None] | None = None) -> TrainResult | None:
+          fail_before_rename: Callable[[], None] | None = None,
+          checks: Callable[[RegistrationCheck], dict[str, Any]] | None = None) -> TrainResult | None:
     """Train one adapter and register it as a new immutable version (see the module docstring).
 
     Each run gets its own folder (lorafleet.train.runs); --resume continues the latest one.
     Under `torchrun`/`accelerate launch` every process trains its share of each batch; only the main
-    process creates the run folder, tracks, saves and registers, and the others return None."""
+    process creates the run folder, tracks, saves and registers, and the others return None.
+    `checks` (the CLI's fidelity check, which needs the serving engine) runs before registering; it raises
+    to refuse, and the card fields it returns go on the card."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
     # The data checks come first, the held-out guard among them: a refused run loads no model.
@@ -156,13 +160,26 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
         atomic_write_json(run_dir / "result.json", result)
         tracker.artifacts(adapter_dir, "adapter")
         if config.register_version:
+            fields = checks(RegistrationCheck(name=config.name, adapter_dir=adapter_dir, base=base,
+                                              qlora=config.qlora, probes=val_ex)) if checks else {}
             result = register(config, settings, inspect_base(base), result, progress, len(val_ex), dropped,
-                              fail_before_rename)
+                              fail_before_rename, card_fields=fields)
         tracker.end()
         return result
     except BaseException:
         tracker.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
         raise
+
+
+@dataclass
+class RegistrationCheck:
+    """What a check run before registering gets: the saved adapter, its base, and val examples to probe with."""
+
+    name: str
+    adapter_dir: Path
+    base: Path
+    qlora: bool
+    probes: list[Any]
 
 
 def check_held_out(config: TrainConfig, data_dir: Path, console: Console | None) -> dict[str, Any]:
@@ -214,9 +231,10 @@ def open_run(runs_root: Path, config: TrainConfig, resumed: runs.RunInfo | None,
 
 
 def register(config: TrainConfig, settings: Settings, base: Any, result: TrainResult, progress: Any, n_val: int,
-             dropped: list[str], fail_before_rename: Callable[[], None] | None) -> TrainResult:
+             dropped: list[str], fail_before_rename: Callable[[], None] | None,
+             card_fields: dict[str, Any] | None = None) -> TrainResult:
     """A new immutable version, or nothing at all: a failed save (disk full, kill) leaves no version."""
-    card = build_card(config, base, result, progress, n_val, dropped)
+    card = build_card(config, base, result, progress, n_val, dropped).model_copy(update=card_fields or {})
     try:
         resolved = Registry(settings.registry_dir).register(config.name, Path(result.adapter_dir), card,
                                                             fail_before_rename=fail_before_rename)

@@ -52,6 +52,10 @@ def train(
         "--resume", help="Continue the latest run of --name from its last checkpoint (same config, same MLflow run).")
     ] = None,
     samples: Annotated[int | None, typer.Option(help="Side-by-side generations printed at the end.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Register although the fidelity check (served vs "
+                                                        "trained) fails; recorded on the card.")] = False,
+    skip_fidelity: Annotated[bool, typer.Option("--skip-fidelity", help="Register without the fidelity check "
+                                                                        "(recorded on the card).")] = False,
     no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -79,7 +83,11 @@ def train(
         if missing:
             raise ConfigError(f"missing {' and '.join(missing)}", hint="or pass --config train.yaml")
         cfg = build_config({k: v for k, v in flags.items() if v is not None})
-    result = run(cfg, TrainSettings.from_core(settings_from(ctx)), console=err_console, show_progress=not as_json)
+    from lorafleet.cli.train_checks import registration_checks
+
+    checks = registration_checks(settings_from(ctx), force=force, skip=skip_fidelity, console=err_console)
+    result = run(cfg, TrainSettings.from_core(settings_from(ctx)), console=err_console, show_progress=not as_json,
+                 checks=checks)
     if result is None:  # not the main process of a multi-process run: the main one reports
         return
     if as_json:

@@ -73,7 +73,7 @@ def test_cli_flag_lands_in_card_hyperparameters(capsys, tiny_model: Path, train_
     code, out, err = run_cli(capsys, "--data-dir", str(data_dir), "train", "--base", str(tiny_model),
                              "--train", str(train_file), "--name", "ckpt-cli", "--rank", "8", "--max-steps", "2",
                              "--batch-size", "2", "--samples", "0", "--no-track", "--gradient-checkpointing",
-                             "--json")
+                             "--skip-fidelity", "--json")
     assert code == 0, err
     assert json.loads(out)["steps"] == 2
     card = Registry(data_dir / "registry").resolve("ckpt-cli").card

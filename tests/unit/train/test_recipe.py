@@ -99,7 +99,7 @@ def test_cli_train_registers_servable_version_with_full_card(capsys, tiny_model:
     code, out, err = run_cli(capsys, "--data-dir", str(data_dir), "train", "--base", str(tiny_model),
                              "--train", str(data[0]), "--val", str(data[1]), "--name", "tiny-intents",
                              "--rank", "8", "--max-steps", "2", "--eval-steps", "1", "--batch-size", "2",
-                             "--samples", "1", "--json")
+                             "--samples", "1", "--skip-fidelity", "--json")
     assert code == 0, err
     result = json.loads(out)  # stdout holds only the JSON (no trainer log lines)
     assert result["version"] == "v1" and result["steps"] == 2 and result["base_val_loss"] is not None
