@@ -66,11 +66,12 @@ def read_references(path: Path) -> dict[str, dict[str, str]]:
 
 
 async def attach_references(suite: Suite, samples: list[Sample], client: EvalClient, base_model: str,
-                            refs_dir: Path, progress: Callable[[str, int, int], None] | None = None
-                            ) -> tuple[list[Sample], ReferenceInfo]:
+                            refs_dir: Path, progress: Callable[[str, int, int], None] | None = None,
+                            base_identity: str | None = None) -> tuple[list[Sample], ReferenceInfo]:
     """The samples with the base's greedy answer as their only reference: stored ones reused, missing ones
-    generated now (the base alone, before the run's targets, so the run's own base answers measure noise)."""
-    identity = client.identity.get(base_model) or f"base {base_model}"
+    generated now (the base alone, before the run's targets, so the run's own base answers measure noise).
+    `base_identity` overrides what the endpoint lists (a raw vLLM reports a path, not the weights sha256)."""
+    identity = base_identity or client.identity.get(base_model) or f"base {base_model}"
     key = reference_key(suite, identity)
     path = Path(refs_dir) / f"{key}.json"
     answers = read_references(path)

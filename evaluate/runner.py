@@ -59,6 +59,7 @@ class RunOptions:
     # baselines' examples are checked against it (None: no guard, e.g. library use without a data dir)
     grades: Path | None = None  # a grades export the judge is compared with (else the suite's judge.grades)
     references_dir: Path | None = None  # a forgetting suite's base answers (None: beside runs_dir, "forgetting")
+    base_identity: str | None = None  # keys those answers, e.g. "base sha256:<hex>" (None: as /v1/models says)
 
 
 @dataclass
@@ -139,7 +140,8 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
         store.write_manifest(manifest)
         if suite.forgetting is not None:
             samples = forgetting_references(suite, samples, client, manifest.models[BASE],
-                                            opts.references_dir or runs_dir.parent / "forgetting", store, progress)
+                                            opts.references_dir or runs_dir.parent / "forgetting", store, progress,
+                                            opts.base_identity)
         asyncio.run(generate_all(effective_suite(suite, manifest.plan), samples, client, manifest.models, outputs,
                                  progress, shapes=manifest.plan.shapes()))
     finally:
@@ -156,9 +158,11 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
 
 
 def forgetting_references(suite: Suite, samples: list[Sample], client: EvalClient, base_model: str, refs_dir: Path,
-                          store: RunStore, progress: Progress | None) -> list[Sample]:
+                          store: RunStore, progress: Progress | None, base_identity: str | None = None
+                          ) -> list[Sample]:
     """The base's stored (or now generated) answers as the samples' references, recorded in the run folder."""
-    attached, info = asyncio.run(attach_references(suite, samples, client, base_model, refs_dir, progress))
+    attached, info = asyncio.run(attach_references(suite, samples, client, base_model, refs_dir, progress,
+                                                   base_identity))
     store.write_samples(attached)
     store.write_text(REFERENCES_FILE, info.model_dump_json(indent=2))
     return attached
