@@ -44,6 +44,7 @@ vllm:num_requests_waiting{model_name="smollm2-135m-instruct"} 0.0
 vllm:kv_cache_usage_perc{model_name="smollm2-135m-instruct"} 0.12
 """
 RATE_WINDOW = "20s"
+METRICS_TOKEN = "scrape-token"  # the gateway's /metrics needs it, as in deploy/prometheus/prometheus.yml
 
 
 @contextmanager
@@ -69,9 +70,13 @@ def vllm_metrics_standin() -> Iterator[str]:
 @contextmanager
 def prometheus(tmp: Path, targets: dict[str, str]) -> Iterator[str]:
     port = free_port()
+    (tmp / "metrics_token").write_text(METRICS_TOKEN)
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
               "rule_files": [str(PROMETHEUS / "alerts.yml")],
               "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [t]}]} for job, t in targets.items()]}
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "lorafleet-gateway":
+            job["authorization"] = {"type": "Bearer", "credentials_file": str(tmp / "metrics_token")}
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([PROMETHEUS_BIN, f"--config.file={tmp / 'prometheus.yml'}",
@@ -133,6 +138,7 @@ def test_prometheus_scrapes_the_gateway_and_every_dashboard_query_has_data(tmp_p
     review.grades["live-capture"] = [{"adapter": "support-intents@v1", "scores": {"correct": g}} for g in (4, 5, 3)]
     monkeypatch.setenv("LORAFLEET_REVIEW_POLL_INTERVAL", "1")
     monkeypatch.setenv("LORAFLEET_DRIFT_WINDOW", "20")
+    monkeypatch.setenv("LORAFLEET_METRICS_TOKEN", METRICS_TOKEN)
     with fake.serve() as upstream, review_server(review) as rv, vllm_metrics_standin() as vllm, running_gateway(
             data_dir, [upstream], "upstream-key", "--no-auth", "--hot-set", "1", "--review-url", rv.url,
             "--review-token", "tok", "--review-queue", "live-capture", "--capture", "support-intents=1.0") as gw:
@@ -143,7 +149,9 @@ def test_prometheus_scrapes_the_gateway_and_every_dashboard_query_has_data(tmp_p
         fake.same_output = True  # noop answers like the base: the probe after its load warns
         assert chat("noop", "hello").status_code == 200
         deadline = time.monotonic() + 10
-        while "lorafleet_probe_warnings_total{" not in httpx.get(f"{gw}/metrics").text:
+        assert httpx.get(f"{gw}/metrics").status_code == 401  # a token is set: no token, no metrics
+        scrape = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+        while "lorafleet_probe_warnings_total{" not in httpx.get(f"{gw}/metrics", headers=scrape).text:
             assert time.monotonic() < deadline, "no probe warning"
             time.sleep(0.1)
         fake.same_output = False

@@ -40,6 +40,11 @@ def test_prometheus_config_passes_promtool_check(tmp_path: Path) -> None:
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     config["rule_files"] = [str(ALERTS)]
+    # and the gateway's metrics token where compose mounts its secret to a file here
+    gateway = next(job for job in config["scrape_configs"] if job["job_name"] == "lorafleet-gateway")
+    assert gateway["authorization"]["credentials_file"] == "/run/secrets/metrics_token"
+    (tmp_path / "metrics_token").write_text("token")
+    gateway["authorization"]["credentials_file"] = str(tmp_path / "metrics_token")
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     out = promtool("check", "config", str(path))
