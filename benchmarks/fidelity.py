@@ -48,9 +48,9 @@ def demo_task_adapters(registry: Path) -> dict[str, tuple[Path, list]]:
     return found
 
 
-def run(dtypes: list[str], registry: Path | None) -> list[dict]:
+def run(dtypes: list[str], registry: Path | None, fixed: bool = True) -> list[dict]:
     base = embedded_base_dir()
-    adapters = {name: (path, None) for name, path in demo_adapter_dirs(base).items()}
+    adapters = {name: (path, None) for name, path in demo_adapter_dirs(base).items()} if fixed else {}
     if registry is not None:
         adapters.update(demo_task_adapters(registry))
     rows = []
@@ -82,9 +82,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--registry", type=Path, help="A registry holding the demo's trained adapters.")
+    parser.add_argument("--no-fixed", action="store_true", help="Leave out the fixed-answer test adapters.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    rows = run(args.dtypes.split(","), args.registry)
+    rows = run(args.dtypes.split(","), args.registry, fixed=not args.no_fixed)
     print(f"\n{'dtype':9} {'adapter':16} {'served':11} {'agree':>6} {'mean|Δ|':>8} {'max|Δ|':>7} "
           f"{'tokens':>6} {'s':>5}")
     for r in rows:

@@ -126,9 +126,9 @@ def engine_session(base_dir: Path, settings: EngineSettings, *, adapters: dict[s
     `vllm_args`: extra launcher arguments for a started engine (e.g. a variant's `--quantization …`)."""
     adapters = adapters or {}
     process = None
-    if settings.engine_url:
-        session = reuse_engine(settings.engine_url.rstrip("/"), settings, base_dir)
-    else:
+    session = reuse_engine(settings.engine_url.rstrip("/"), settings, base_dir, console) \
+        if settings.engine_url else None
+    if session is None:
         process, session = start_engine(base_dir, settings, max_loras=max(1, len(adapters)), console=console,
                                         log_path=log_path or settings.data_dir / "logs" / "engine-session.log",
                                         vllm_args=vllm_args or [])
@@ -142,8 +142,10 @@ def engine_session(base_dir: Path, settings: EngineSettings, *, adapters: dict[s
             process.stop()
 
 
-def reuse_engine(url: str, settings: EngineSettings, base_dir: Path) -> EngineSession:
-    """A running vLLM, after checking it answers and serves `base_dir` (never another base)."""
+def reuse_engine(url: str, settings: EngineSettings, base_dir: Path,
+                 console: Console | None = None) -> EngineSession | None:
+    """A running vLLM, after checking it answers; None when it serves another base than `base_dir` (then the
+    caller starts one on the right base: a check is never run on another base)."""
     key = settings.engine_api_key.get_secret_value() if settings.engine_api_key else "EMPTY"
     try:
         resp = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10.0)
@@ -156,9 +158,10 @@ def reuse_engine(url: str, settings: EngineSettings, base_dir: Path) -> EngineSe
     models = resp.json().get("data", [])
     base = next((m for m in models if not m.get("parent")), None)
     if base is None or not _same_folder(base.get("root"), base_dir):
-        served = base.get("root") if base else "nothing"
-        raise ConfigError(f"LORAFLEET_ENGINE_URL={url} serves {served}, not the base {base_dir}",
-                          hint="point it at an engine started on that base, or unset it to start one")
+        if console is not None:
+            console.print(f"note: LORAFLEET_ENGINE_URL={url} serves {base.get('root') if base else 'nothing'}, "
+                          f"not {base_dir}: starting an engine on that base instead", highlight=False)
+        return None
     dtype = settings.vllm_dtype if settings.vllm_dtype != "auto" else "unknown"
     return EngineSession(url=url, api_key=key, base_name=str(base["id"]), dtype=dtype, reused=True)
 

@@ -24,10 +24,14 @@ def check_fidelity(adapter_dir: Path, base_dir: Path, settings: EngineSettings, 
                    messages: list[list[dict[str, str]]] | None = None, probes_source: str = "val data",
                    engine: EngineSession | None = None, served_dir: Path | None = None, force: bool = False,
                    what: str = "", tolerance: Tolerance | None = None, console: Console | None = None,
-                   max_tokens: int = PROBE_TOKENS) -> Fidelity:
+                   max_tokens: int = PROBE_TOKENS, reference_base: Path | None = None,
+                   vllm_args: list[str] | None = None) -> Fidelity:
     """Probe the adapter in the engine (`engine`, or one reused/started for this call), compare, and return the
     card's record; raise the refusal (RegistryError) when it fails, unless `force` (then `forced` is set).
 
+    `base_dir` is the base the engine serves the adapter on; `reference_base` the folder HF loads for the same
+    weights when that differs (a GPU engine's own bitsandbytes load of the base vs its nf4 twin on disk), and
+    `vllm_args` what a started engine needs for it (lorafleet.base_variants.ServingBase).
     `served_dir`: what the engine loads, when it differs from the adapter the reference uses (tests, benchmarks)."""
     from lorafleet.train import fidelity as ref
 
@@ -35,16 +39,18 @@ def check_fidelity(adapter_dir: Path, base_dir: Path, settings: EngineSettings, 
     if not messages:
         messages, probes_source = ref.fixed_probe_messages(PROBES), "fixed probes"
     messages = messages[:PROBES]
-    prompts = ref.prompt_token_ids(base_dir, messages)
+    reference_base = reference_base or base_dir
+    prompts = ref.prompt_token_ids(reference_base, messages)
     if engine is None:
-        with engine_session(base_dir, settings, console=console) as session:
+        with engine_session(base_dir, settings, console=console, vllm_args=vllm_args) as session:
             return check_fidelity(adapter_dir, base_dir, settings, messages=messages, probes_source=probes_source,
                                   engine=session, served_dir=served_dir, force=force, what=what,
-                                  tolerance=tolerance, console=console, max_tokens=max_tokens)
+                                  tolerance=tolerance, console=console, max_tokens=max_tokens,
+                                  reference_base=reference_base)
     checked = time.perf_counter()
     generated = engine_probes(engine, served_dir or adapter_dir, prompts, max_tokens)
-    references = ref.reference_logprobs(base_dir, adapter_dir, [(p, toks) for p, (toks, _) in zip(prompts, generated,
-                                                                                                   strict=True)])
+    sequences = [(p, toks) for p, (toks, _) in zip(prompts, generated, strict=True)]
+    references = ref.reference_logprobs(reference_base, adapter_dir, sequences)
     probes = [ProbeResult(prompt_tokens=len(p), tokens=toks, engine_logprobs=lps, reference_logprobs=r_lp,
                           reference_argmax=r_arg)
               for p, (toks, lps), (r_lp, r_arg) in zip(prompts, generated, references, strict=True)]
