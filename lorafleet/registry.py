@@ -260,8 +260,12 @@ class Registry:
     def remove_alias(self, name: str, alias: str) -> None:
         with self._lock(name):
             aliases = self.aliases(name)
-            if alias not in aliases or alias == "latest":
-                raise NotFoundError(f"adapter {name!r} has no removable alias {alias!r}")
+            if alias == "latest":
+                raise InvalidNameError("'latest' is managed by the registry",
+                                       hint="it always names the newest version; it cannot be deleted")
+            if alias not in aliases:
+                known = ", ".join(sorted(a for a in aliases if a != "latest")) or "none"
+                raise NotFoundError(f"adapter {name!r} has no alias {alias!r}", hint=f"aliases: {known}")
             del aliases[alias]
             self._write_aliases(name, aliases)
 
@@ -280,7 +284,13 @@ class Registry:
                 if doomed[0] not in versions:
                     raise NotFoundError(f"adapter {parsed.name!r} has no version {doomed[0]}")
             aliases = self.aliases(parsed.name)
-            if parsed.selector is not None:
+            if parsed.selector is None:  # --all: a client using name@prod would lose it silently
+                users = sorted(a for a in aliases if a != "latest")
+                if users:
+                    raise RegistryError(
+                        f"alias {users[0]!r} of {parsed.name!r} still points at a version",
+                        hint=f"delete it first: lorafleet adapters alias {parsed.name} {users[0]} --delete")
+            else:
                 users = [a for a in aliases_of(aliases, doomed[0]) if a != "latest"]
                 if users:
                     raise RegistryError(

@@ -101,9 +101,21 @@ def alias(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Adapter name.")],
     alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="e.g. prod, canary.")],
-    targets: Annotated[list[str], typer.Argument(metavar="VERSION[=WEIGHT]...", help="v3, or v3=0.9 v4=0.1")],
+    targets: Annotated[list[str] | None, typer.Argument(metavar="VERSION[=WEIGHT]...",
+                                                        help="v3, or v3=0.9 v4=0.1")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the alias (not `latest`).")] = False,
 ) -> None:
-    """Point an alias at a version, or split it between versions by weight (canary)."""
+    """Point an alias at a version, split it between versions by weight (canary), or --delete it."""
+    if delete:
+        if targets:
+            raise RegistryError(f"--delete with versions {' '.join(targets)}",
+                                hint=f"lorafleet adapters alias {name} {alias_name} --delete (no versions)")
+        _registry(ctx).remove_alias(name, alias_name)
+        console.print(f"{name}@{alias_name} deleted")
+        return
+    if not targets:
+        raise RegistryError(f"no version given for {name}@{alias_name}",
+                            hint="give VERSION or VERSION=WEIGHT pairs, or --delete")
     target = parse_alias_targets(targets)
     _registry(ctx).set_alias(name, alias_name, target)
     console.print(f"{name}@{alias_name} → {target}")
@@ -115,7 +127,7 @@ def rm(
     ref: Annotated[str, typer.Argument(help="name@v3 (one version) or name with --all")],
     all_versions: Annotated[bool, typer.Option("--all", help="Remove every version of the adapter.")] = False,
 ) -> None:
-    """Remove a version (refused while an alias other than latest points at it)."""
+    """Remove a version, or every one with --all (refused while an alias other than latest points at one)."""
     removed = _registry(ctx).remove(ref, all_versions=all_versions)
     console.print(f"removed {parse_ref(ref).name} {', '.join(removed)}")
 

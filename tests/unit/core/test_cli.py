@@ -51,6 +51,31 @@ def test_import_list_show_alias_rm(capsys: pytest.CaptureFixture[str], tmp_path:
     assert_clean_error(code, err, "canary")
     code, _, err = run(capsys, "--data-dir", dd, "adapters", "alias", "intents", "canary", "v1=0.5", "v2=0.4")
     assert_clean_error(code, err, "sum to 0.9")
+    code, _, err = run(capsys, "--data-dir", dd, "adapters", "rm", "intents", "--all")
+    assert_clean_error(code, err, "canary", "--delete")
+
+
+def test_alias_delete_then_rm_all(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    peft = write_fake_peft(tmp_path / "peft")
+    dd = str(tmp_path / "data")
+    for _ in range(2):
+        assert run(capsys, "--data-dir", dd, "adapters", "import", str(peft), "--name", "intents",
+                   "--skip-fidelity")[0] == 0
+    assert run(capsys, "--data-dir", dd, "adapters", "alias", "intents", "prod", "v1")[0] == 0
+    code, _, err = run(capsys, "--data-dir", dd, "adapters", "rm", "intents", "--all")
+    assert_clean_error(code, err, "'prod'", "adapters alias intents prod --delete")
+    code, out, err = run(capsys, "--data-dir", dd, "adapters", "alias", "intents", "prod", "--delete")
+    assert code == 0, err
+    code, out, _ = run(capsys, "--data-dir", dd, "adapters", "list", "--json")
+    assert [r["aliases"] for r in json.loads(out)] == [[], ["latest"]]
+    code, _, err = run(capsys, "--data-dir", dd, "adapters", "alias", "intents", "prod", "--delete")
+    assert_clean_error(code, err, "no alias 'prod'")
+    code, _, err = run(capsys, "--data-dir", dd, "adapters", "alias", "intents", "latest", "--delete")
+    assert_clean_error(code, err, "latest")
+    code, _, err = run(capsys, "--data-dir", dd, "adapters", "alias", "intents", "prod")
+    assert_clean_error(code, err, "no version given")
+    code, out, err = run(capsys, "--data-dir", dd, "adapters", "rm", "intents", "--all")
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("args, needles", [

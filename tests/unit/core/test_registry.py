@@ -102,6 +102,11 @@ def test_remove_refuses_version_under_alias(registry: Registry, tmp_path: Path) 
         registry.remove("a@v1")
     with pytest.raises(RegistryError, match="--all"):
         registry.remove("a")
+    with pytest.raises(RegistryError, match="alias 'prod'.*still points") as info:  # name@prod users would break
+        registry.remove("a", all_versions=True)
+    assert "--delete" in info.value.hint
+    assert registry.versions("a") == ["v1", "v2"]
+    registry.remove_alias("a", "prod")
     assert registry.remove("a", all_versions=True) == ["v1", "v2"]
     assert registry.versions("a") == []
 
