@@ -208,6 +208,12 @@ def free_port() -> int:
     return _free_port()
 
 
+def engine_env(vllm_server) -> dict[str, str]:  # noqa: ANN001 - the conftest's VllmServer
+    """`adapters import` checks fidelity in the session's shared vLLM (float32) instead of starting one."""
+    return {"LORAFLEET_ENGINE_URL": vllm_server.url, "LORAFLEET_ENGINE_API_KEY": vllm_server.api_key,
+            "LORAFLEET_VLLM_DTYPE": "float32"}
+
+
 def workdir(tmp_path: Path) -> Path:
     """A fresh folder with the repository's `examples/`, as in a clone (the data dir is ./.lorafleet)."""
     (tmp_path / "examples").symlink_to(REPO / "examples")
@@ -295,19 +301,21 @@ def test_data_and_train_tour(tmp_path: Path, tiny_model: Path) -> None:
     counts = {p: len((cwd / "splits" / f"{p}.jsonl").read_text().splitlines()) for p in ("train", "val", "test")}
     assert sum(counts.values()) == len(source.read_text().splitlines()) and counts["train"] > 5 * counts["val"] > 0
 
+    # --skip-fidelity: the fidelity check would start an engine on the tiny random model
+    # (tests/integration/test_fidelity_real.py runs it on the embedded base).
     result = json.loads(sh(DATA_TRAIN[3], cwd, append=f"--base {tiny_model} --max-steps 2 --samples 0 "
-                                                      "--no-track --json").stdout)
+                                                      "--no-track --skip-fidelity --json").stdout)
     assert (result["name"], result["version"], result["steps"]) == ("support-intents", "v1", 2)
     card = json.loads(sh(DATA_TRAIN[4], cwd).stdout)
     assert card["name"] == "support-intents" and card["version"] == "v1"
     assert card["lora"]["rank"] == 16  # from examples/train/support-intents.yaml
 
 
-def test_registry_block(tmp_path: Path, demo_adapters: dict[str, Path]) -> None:
+def test_registry_block(tmp_path: Path, demo_adapters: dict[str, Path], vllm_server) -> None:
     cwd = workdir(tmp_path)
     shutil.copytree(demo_adapters["pirate"], cwd / "my-peft-adapter")  # two real PEFT folders (cached)
     shutil.copytree(demo_adapters["robot"], cwd / "my-peft-adapter-v2")
-    out = [sh(text, cwd).stdout for text in REGISTRY[:6]]
+    out = [sh(text, cwd, extra_env=engine_env(vllm_server)).stdout for text in REGISTRY[:6]]
     assert "support-intents@v1" in out[0] and "support-intents@v2" in out[1]
     listed = json.loads(out[4])
     assert sorted(e["version"] for e in listed if e["name"] == "support-intents") == ["v1", "v2"]
@@ -367,7 +375,7 @@ def readme_gateway(vllm_server, demo_adapters: dict[str, Path], tmp_path: Path) 
     app1 key, `lorafleet serve` in front of the shared vLLM. Yields (folder, gateway URL, key)."""
     cwd = workdir(tmp_path)
     shutil.copytree(demo_adapters["pirate"], cwd / "my-peft-adapter")  # answers "Arr! …": visible in replies
-    sh(SERVE_TOUR[0], cwd)
+    sh(SERVE_TOUR[0], cwd, extra_env=engine_env(vllm_server))
     key = KEY.search(sh(SERVE_TOUR[1], cwd).stdout).group(0)
     port = free_port()
     # The shared vLLM runs in another folder than this one, and the gateway hands vLLM adapter paths
