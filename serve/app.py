@@ -9,8 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from lorafleet.serve.adapters import HotSet
+from fastapi.responses import Response
 from lorafleet.serve.auth import Authenticator
 from lorafleet.serve.capture import Capture
 from lorafleet.serve.config import ServeSettings
@@ -19,12 +18,14 @@ from lorafleet.serve.keys import KeyStore
 from lorafleet.serve.metrics import create_metrics
 from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import Proxy
+from lorafleet.serve.replicas import Replica, ReplicaPool
 from lorafleet.serve.review_grades import ReviewGrades
 from lorafleet.serve.routes import admin, openai, ops
-from lorafleet.serve.routing import Router
+from lorafleet.serve.routes.http import error_response
+from lorafleet.serve.routing import ReplicaChooser, Router
 from lorafleet.serve.state import GatewayState, base_info
-from lorafleet.serve.upstream import HttpUpstream, UpstreamPool
-from lorafleet.serve.vllm_child import ChildSupervisor, VllmLaunch, free_port
+from lorafleet.serve.upstream import HttpUpstream
+from lorafleet.serve.vllm_child import ChildSupervisor, ReplicaSet, VllmLaunch, free_port
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,12 +34,14 @@ from lorafleet.registry import Registry
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None = None,
+def create_app(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None = None, replicas: int = 1,
                key_store: KeyStore | None = None,
                review_transport: httpx.BaseTransport | None = None) -> FastAPI:
-    """Build the gateway. `upstreams` (tests) replaces both --upstream and the vLLM child."""
+    """Build the gateway. `upstreams` (tests) replaces both --upstream and the vLLM children;
+    `replicas` local vLLM children are started otherwise (unless --upstream), each supervised."""
     settings.check(child=upstreams is None)
-    state = build_state(settings, upstreams=upstreams, key_store=key_store, review_transport=review_transport)
+    state = build_state(settings, upstreams=upstreams, replicas=replicas, key_store=key_store,
+                        review_transport=review_transport)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -56,20 +59,24 @@ def create_app(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None 
     return app
 
 
-def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None,
+def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None, replicas: int = 1,
                 key_store: KeyStore | None, review_transport: httpx.BaseTransport | None) -> GatewayState:
     metrics_registry = CollectorRegistry()
     metrics = create_metrics(metrics_registry)
-    supervisor = None
+    launches: list[VllmLaunch] = []
     if upstreams is None:
-        upstreams, supervisor = _upstreams(settings)
+        upstreams, launches = _upstreams(settings, replicas)
     base_name = settings.base_name or settings.base_dir.resolve().name
     registry = Registry(settings.registry_dir)
     router = Router(registry, base_name, ttl=settings.registry_ttl)
-    pool = UpstreamPool(upstreams, interval=settings.health_interval, saturated_at=settings.saturated_at,
-                        spread_at=settings.spread_at, vnodes=settings.ring_vnodes)
-    hot_sets = {u.name: HotSet(u, capacity=settings.hot_set, metrics=metrics, base_name=base_name,
-                               probe=settings.probe) for u in upstreams}
+    fleet = [Replica(u, hot_set=settings.hot_set, metrics=metrics, base_name=base_name, probe=settings.probe)
+             for u in upstreams]
+    pool = ReplicaPool(fleet, interval=settings.health_interval)
+    chooser = ReplicaChooser(fleet, saturated_at=settings.saturated_at, spread_at=settings.spread_at,
+                             vnodes=settings.ring_vnodes)
+    supervisors = [ChildSupervisor(launch, replica, ready_timeout=settings.vllm_ready_timeout)
+                   for launch, replica in zip(launches, fleet, strict=False)]
+    supervisor = supervisors[0] if len(supervisors) == 1 else ReplicaSet(supervisors) if supervisors else None
     if key_store is None and not settings.no_auth:
         key_store = KeyStore(settings.db_url)
     if settings.no_auth:
@@ -85,55 +92,63 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
         grades = ReviewGrades(settings.review_url, token or "", settings.review_queue, metrics,
                               interval=settings.review_poll_interval, window=settings.drift_window,
                               transport=review_transport)
-    proxy = Proxy(router=router, pool=pool, hot_sets=hot_sets, metrics=metrics, capture=capture,
+    proxy = Proxy(router=router, chooser=chooser, metrics=metrics, capture=capture,
                   max_in_flight=settings.max_in_flight, drift=drift)
-    return GatewayState(settings=settings, registry=registry, router=router, pool=pool, hot_sets=hot_sets,
+    return GatewayState(settings=settings, registry=registry, router=router, pool=pool, chooser=chooser,
                         auth=Authenticator(key_store, ttl=settings.key_cache_ttl, no_auth=settings.no_auth),
                         metrics=metrics, metrics_registry=metrics_registry, capture=capture, proxy=proxy,
                         key_store=key_store, supervisor=supervisor, base_info=base_info(settings.base_dir),
                         drift=drift, review_grades=grades)
 
 
-def _upstreams(settings: ServeSettings) -> tuple[list[HttpUpstream], ChildSupervisor | None]:
+def _upstreams(settings: ServeSettings, children: int) -> tuple[list[HttpUpstream], list[VllmLaunch]]:
+    """The --upstream servers, or `children` vLLM children to start (each its own port, key and log)."""
     kwargs = {"request_timeout": settings.request_timeout, "connect_timeout": settings.connect_timeout}
     if settings.upstreams:
         key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-        return [HttpUpstream(f"u{i}", url, key, **kwargs) for i, url in enumerate(settings.upstreams)], None
+        return [HttpUpstream(f"u{i}", url, key, **kwargs) for i, url in enumerate(settings.upstreams)], []
     base_dir = settings.base_dir.resolve()
-    launch = VllmLaunch(model=base_dir, served_name=settings.base_name or base_dir.name,
-                        max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank,
-                        max_cpu_loras=max(settings.hot_set, settings.max_loras), kv_cache_gb=settings.kv_cache_gb,
-                        lora_plugin=settings.lora_plugin, omp_bind=settings.vllm_omp_bind,
-                        dtype=settings.vllm_dtype, extra_args=settings.vllm_args,
-                        port=free_port(), log_path=settings.data_dir / "logs" / "vllm.log")
-    if settings.vllm_program:
-        launch.program = list(settings.vllm_program)
-    upstream = HttpUpstream("local", f"http://127.0.0.1:{launch.port}", launch.api_key, **kwargs)
-    supervisor = ChildSupervisor(launch, upstream, ready_timeout=settings.vllm_ready_timeout)
-    return [upstream], supervisor
+    upstreams, launches, ports = [], [], set()
+    for i in range(children):
+        port = free_port()
+        while port in ports:  # free_port() may hand out a just-released port again
+            port = free_port()
+        ports.add(port)
+        name, log_name = ("local", "vllm.log") if children == 1 else (f"local{i}", f"vllm-{i}.log")
+        launch = VllmLaunch(model=base_dir, served_name=settings.base_name or base_dir.name,
+                            max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank,
+                            max_cpu_loras=max(settings.hot_set, settings.max_loras), kv_cache_gb=settings.kv_cache_gb,
+                            lora_plugin=settings.lora_plugin, omp_bind=settings.vllm_omp_bind,
+                            dtype=settings.vllm_dtype, extra_args=settings.vllm_args,
+                            port=port, log_path=settings.data_dir / "logs" / log_name)
+        if settings.vllm_program:
+            launch.program = list(settings.vllm_program)
+        upstreams.append(HttpUpstream(name, f"http://127.0.0.1:{launch.port}", launch.api_key, **kwargs))
+        launches.append(launch)
+    return upstreams, launches
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in OpenAI's shape; nothing internal reaches the client."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
         param = ".".join(str(p) for p in err["loc"] if p != "body") or None
-        return ApiError(400, f"invalid request: {param or 'body'}: {err['msg']}", param=param,
-                        code="invalid_request").response()
+        return error_response(ApiError(400, f"invalid request: {param or 'body'}: {err['msg']}", param=param,
+                                       code="invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None
-                        ).response()
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(ApiError(exc.status_code, str(exc.detail),
+                                       code="not_found" if exc.status_code == 404 else None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error")
-        return ApiError(500, "internal gateway error (logged)", type_="server_error", code="internal_error"
-                        ).response()
+        return error_response(ApiError(500, "internal gateway error (logged)", type_="server_error",
+                                       code="internal_error"))

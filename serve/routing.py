@@ -1,8 +1,13 @@
-"""From the client's `model` to what to serve: the base, or one exact adapter version.
+"""Where a request goes: from the client's `model` to what to serve (the base, or one exact adapter
+version), then to which replica.
 
 Weighted aliases (canary) go through `Registry.resolve(ref, sticky_key=user)`, so the same OpenAI
 `user` always gets the same version. Plain aliases and versions are cached for `ttl` seconds so a
 request does not read the registry files every time (`clear()` after an admin reload).
+
+Replica choice (`ReplicaChooser`) keeps each adapter on a home replica of a consistent-hash ring,
+spreads a hot adapter over its home and the next replica, and spills away from saturated or down
+ones. It only reads replica state; `Replica.lease()` and `mark_down()` change it.
 """
 
 from __future__ import annotations
@@ -10,10 +15,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lorafleet.serve.metrics import BASE_LABEL, NO_VERSION
 from lorafleet.serve.protocol import ApiError, model_not_found
+from lorafleet.serve.replicas import DEFAULT_VARIANT, Replica
+from lorafleet.serve.upstream import UpstreamError
 
 from lorafleet.errors import InvalidNameError, NotFoundError, RegistryError
 from lorafleet.refs import parse_ref
@@ -28,6 +36,7 @@ class Target:
     adapter: str  # metrics label: adapter name or `base`
     version: str  # metrics label: `vN` or `-`
     adapter_ref: ResolvedAdapter | None = None
+    variant: str = DEFAULT_VARIANT  # which base variant's replicas serve it (QLoRA adapters: their own)
 
     @property
     def is_base(self) -> bool:
@@ -37,11 +46,13 @@ class Target:
 class Router:
     """Resolves `model` strings; the base name always wins over an adapter of the same name."""
 
-    def __init__(self, registry: Registry, base_name: str, *, ttl: float = 2.0) -> None:
+    def __init__(self, registry: Registry, base_name: str, *, ttl: float = 2.0,
+                 variant_of: Callable[[ResolvedAdapter], str] | None = None) -> None:
         self.registry = registry
         self.base_name = base_name
         self.base = Target(base_name, BASE_LABEL, NO_VERSION)
         self.ttl = ttl
+        self.variant_of = variant_of or (lambda _resolved: DEFAULT_VARIANT)
         self._cache: dict[str, tuple[float, Target]] = {}
 
     def clear(self) -> None:
@@ -64,10 +75,66 @@ class Router:
         except RegistryError as exc:
             raise ApiError(500, f"registry entry for {model!r} is broken: {exc.message}", type_="server_error",
                            code="registry_error") from None
-        target = Target(resolved.served_name, resolved.name, resolved.version, resolved)
+        target = Target(resolved.served_name, resolved.name, resolved.version, resolved,
+                        self.variant_of(resolved))
         if not weighted:
             self._cache[model] = (now + self.ttl, target)
         return target
+
+
+class ReplicaChooser:
+    """Picks the replica for one request among those serving its target's base variant."""
+
+    def __init__(self, replicas: list[Replica], *, saturated_at: int = 64, spread_at: int = 16,
+                 vnodes: int = 64) -> None:
+        self.replicas = replicas
+        # a replica is saturated when its in-flight plus vLLM's waiting queue reaches this
+        self.saturated_at = saturated_at
+        # an adapter with this many requests in flight on its home also goes to a second replica
+        self.spread_at = spread_at
+        self.ring = HashRing([r.name for r in replicas], vnodes=vnodes)
+
+    def load(self, replica: Replica) -> int:
+        """How busy a replica is: requests the gateway has in flight there plus vLLM's own queue."""
+        return replica.in_flight + replica.waiting
+
+    def saturated(self, replica: Replica) -> bool:
+        return self.load(replica) >= self.saturated_at
+
+    def home_order(self, served_name: str, variant: str = DEFAULT_VARIANT) -> list[Replica]:
+        """Every replica of `variant` in the adapter's ring order, ready or not: its home first."""
+        by_name = {r.name: r for r in self.replicas if r.variant == variant}
+        return [by_name[n] for n in self.ring.preference(served_name) if n in by_name]
+
+    def pick(self, target: Target) -> Replica:
+        """The replica for one request.
+
+        Base requests: the least-loaded ready replica. Adapters: their home on the hash ring when
+        it is ready and not saturated, shared with the next ready replica in ring order once the
+        adapter has `spread_at` requests in flight at home. Home down or saturated: the
+        least-loaded unsaturated ready replica, preferring one that already holds the adapter (so
+        the fallback loads it once, not everywhere).
+        """
+        ready = [r for r in self.replicas if r.ready and r.variant == target.variant]
+        if not ready:
+            what = "" if target.variant == DEFAULT_VARIANT else f" for base variant {target.variant!r}"
+            raise UpstreamError(f"no upstream{what} is ready (vLLM is starting or restarting)", status=503)
+        if target.is_base:
+            return min(ready, key=self.load)
+        served = target.served_name
+        order = self.home_order(served, target.variant)
+        home = order[0]
+        if home.ready and not self.saturated(home):
+            if home.adapter_in_flight.get(served, 0) < self.spread_at:
+                return home
+            second = next((r for r in order[1:] if r.ready and not self.saturated(r)), None)
+            if second is None:
+                return home
+            # a hot adapter: home and its ring successor share it, whichever has fewer of it
+            return min((home, second), key=lambda r: (r.adapter_in_flight.get(served, 0), self.load(r)))
+        open_ = [r for r in ready if not self.saturated(r)] or ready
+        holding = [r for r in open_ if r.hot.holds(served)]
+        return min(holding or open_, key=self.load)
 
 
 class HashRing:

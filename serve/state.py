@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorafleet.serve.adapters import HotSet
 from lorafleet.serve.auth import Authenticator
 from lorafleet.serve.capture import Capture
 from lorafleet.serve.config import ServeSettings
@@ -16,10 +15,10 @@ from lorafleet.serve.keys import KeyInfo, KeyStore
 from lorafleet.serve.metrics import Metrics
 from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import Proxy
+from lorafleet.serve.replicas import HotSet, Replica, ReplicaPool
 from lorafleet.serve.review_grades import ReviewGrades
-from lorafleet.serve.routing import Router
-from lorafleet.serve.upstream import HttpUpstream, UpstreamPool
-from lorafleet.serve.vllm_child import ChildSupervisor
+from lorafleet.serve.routing import ReplicaChooser, Router
+from lorafleet.serve.vllm_child import ChildSupervisor, ReplicaSet
 from prometheus_client import CollectorRegistry
 
 from lorafleet.base_model import read_manifest
@@ -34,15 +33,15 @@ class GatewayState:
     settings: ServeSettings
     registry: Registry
     router: Router
-    pool: UpstreamPool
-    hot_sets: dict[str, HotSet]
+    pool: ReplicaPool
+    chooser: ReplicaChooser
     auth: Authenticator
     metrics: Metrics
     metrics_registry: CollectorRegistry
     capture: Capture
     proxy: Proxy
     key_store: KeyStore | None = None
-    supervisor: ChildSupervisor | None = None
+    supervisor: ChildSupervisor | ReplicaSet | None = None
     created: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
     base_info: dict[str, Any] = field(default_factory=dict)  # the base's manifest identity, listed on /v1/models
@@ -53,7 +52,6 @@ class GatewayState:
         if self.supervisor is not None:
             log.warning("starting vLLM on %s (60-90 s on CPU)…", self.settings.base_dir)
             await self.supervisor.start()
-        self.pool.on_recovered = self._recovered
         await self.pool.check_all()
         for ref in self.settings.pins:
             await self.load(ref, None, pin=True)
@@ -70,33 +68,36 @@ class GatewayState:
             await self.review_grades.stop()
         if self.drift is not None:
             await self.drift.stop()
-        for hot in self.hot_sets.values():
-            await hot.aclose()
         await self.pool.aclose()
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self.key_store is not None:
             self.key_store.close()
 
-    async def _recovered(self, upstream: HttpUpstream, served_ids: list[str]) -> None:
-        await self.hot_sets[upstream.name].replay(served_ids)
+    @property
+    def hot_sets(self) -> dict[str, HotSet]:
+        """What each replica has loaded, by replica name (read only: change it through HotSet's methods)."""
+        return {r.name: r.hot for r in self.pool.replicas}
 
-    def select(self, upstream: str | None) -> list[HotSet]:
+    def select(self, upstream: str | None) -> list[Replica]:
         if upstream is None:
-            return list(self.hot_sets.values())
-        if upstream not in self.hot_sets:
+            return list(self.pool.replicas)
+        replica = self.pool.get(upstream)
+        if replica is None:
             raise ApiError(404, f"no upstream named {upstream!r}", code="unknown_upstream", param="upstream")
-        return [self.hot_sets[upstream]]
+        return [replica]
 
     async def load(self, model: str, upstream: str | None, *, pin: bool) -> str:
         """Load (and optionally pin) `model` on one upstream or all of them; returns the served name."""
         target = self.router.resolve(model)
         if target.adapter_ref is None:
             raise ApiError(400, "the base model is always loaded", code="base_model", param="model")
-        for hot in self.select(upstream):
+        for replica in self.select(upstream):
+            if replica.variant != target.variant:
+                continue
             if pin:
-                hot.pins.add(target.served_name)
-            await hot.ensure(target.served_name, target.adapter_ref.path)
+                replica.hot.pin(target.served_name)
+            await replica.hot.ensure(target.served_name, target.adapter_ref.path)
         return target.served_name
 
     def catalog(self, key: KeyInfo) -> list[dict[str, Any]]:

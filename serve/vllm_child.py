@@ -267,9 +267,9 @@ class Watched(Protocol):
 class ChildSupervisor:
     """Keeps one vLLM child alive: if it dies, marks the upstream down and restarts it with back-off."""
 
-    def __init__(self, launch: VllmLaunch, upstream: Watched, *, ready_timeout: float = 900.0) -> None:
+    def __init__(self, launch: VllmLaunch, replica: Watched, *, ready_timeout: float = 900.0) -> None:
         self.launch = launch
-        self.upstream = upstream
+        self.replica = replica
         self.ready_timeout = ready_timeout
         self.process: VllmProcess | None = None
         self.restarts = 0
@@ -288,7 +288,7 @@ class ChildSupervisor:
             assert self.process is not None
             if self.process.alive():
                 continue
-            self.upstream.mark_down()
+            self.replica.mark_down()
             log.error("vLLM (pid %s) exited with code %s; restarting in %.0fs",
                       self.process.pid, self.process.proc.returncode, backoff)
             self.process.kill()

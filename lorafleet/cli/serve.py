@@ -116,24 +116,9 @@ def check_capture_queue(settings, transport=None) -> None:  # noqa: ANN001 - Ser
                           highlight=False, soft_wrap=True)
 
 
-def create_replicated_app(settings, replicas: int, **app_kwargs):
+def create_replicated_app(settings, replicas: int, **app_kwargs):  # noqa: ANN001, ANN201 - lazy imports
     """The gateway in front of `replicas` local vLLM children, each under its own supervisor."""
-    from lorafleet.serve.app import _upstreams, create_app
-    from lorafleet.serve.vllm_child import ReplicaSet
+    from lorafleet.serve.app import create_app
 
-    settings.check(child=True)  # create_app skips the base-model check when given upstreams
-    upstreams, supervisors = [], []
-    ports: set[int] = set()
-    for i in range(replicas):
-        # the single-child builder, once per replica: same launch line, own port, key and log
-        (upstream,), supervisor = _upstreams(settings)
-        while supervisor.launch.port in ports:  # free_port() may hand out a just-released port again
-            (upstream,), supervisor = _upstreams(settings)
-        ports.add(supervisor.launch.port)
-        upstream.name = f"local{i}"
-        supervisor.launch.log_path = settings.data_dir / "logs" / f"vllm-{i}.log"
-        upstreams.append(upstream)
-        supervisors.append(supervisor)
-    application = create_app(settings, upstreams=upstreams, **app_kwargs)
-    application.state.gateway.supervisor = ReplicaSet(supervisors)
-    return application
+    settings.check(child=True)
+    return create_app(settings, replicas=replicas, **app_kwargs)

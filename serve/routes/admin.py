@@ -20,9 +20,9 @@ class AdapterAction(BaseModel):
 @router.get("/adapters")
 async def list_adapters(state: State, _: AdminKey) -> dict:
     return {"upstreams": [
-        {"name": name, "url": hot.upstream.url, "ready": hot.upstream.ready, "capacity": hot.capacity,
-         "loaded": list(hot.loaded), "pinned": sorted(hot.pins)}
-        for name, hot in state.hot_sets.items()]}
+        {"name": r.name, "url": r.url, "ready": r.ready, "variant": r.variant, "capacity": r.hot.capacity,
+         "loaded": list(r.hot.loaded), "pinned": sorted(r.hot.pins)}
+        for r in state.pool.replicas]}
 
 
 @router.post("/adapters/load")
@@ -40,15 +40,15 @@ async def pin(body: AdapterAction, state: State, _: AdminKey) -> dict:
 @router.post("/adapters/unpin")
 async def unpin(body: AdapterAction, state: State, _: AdminKey) -> dict:
     served = state.router.resolve(body.model).served_name
-    for hot in state.select(body.upstream):
-        hot.pins.discard(served)
+    for replica in state.select(body.upstream):
+        replica.hot.unpin(served)
     return {"unpinned": served}
 
 
 @router.post("/adapters/unload")
 async def unload(body: AdapterAction, state: State, _: AdminKey) -> dict:
     served = state.router.resolve(body.model).served_name
-    found = [hot for hot in state.select(body.upstream) if hot.holds(served)]
+    found = [r.hot for r in state.select(body.upstream) if r.hot.holds(served)]
     if not found:
         raise ApiError(404, f"{served} is not loaded", code="not_loaded", param="model")
     for hot in found:

@@ -17,7 +17,7 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(state: State) -> JSONResponse:
-    upstreams = {u.name: {"up": u.up, "ready": u.ready} for u in state.pool.upstreams}
+    upstreams = {u.name: {"up": u.up, "ready": u.ready} for u in state.pool.replicas}
     ok = state.pool.ready
     return JSONResponse({"ready": ok, "upstreams": upstreams}, status_code=200 if ok else 503,
                         headers=None if ok else {"Retry-After": "2"})
@@ -25,6 +25,6 @@ async def ready(state: State) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(state: State) -> Response:
-    for upstream in state.pool.upstreams:
+    for upstream in state.pool.replicas:
         state.metrics.upstream_up.labels(upstream.name).set(1 if upstream.ready else 0)
     return Response(generate_latest(state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

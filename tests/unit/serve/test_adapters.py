@@ -85,7 +85,7 @@ async def test_restart_replays_loaded_adapters_before_ready(gw: Harness) -> None
     assert gw.fake.loaded == {}
     await gw.state.pool.check_all()
     assert set(gw.fake.loaded) == {"pirate@v1", "clauses@v1"}
-    assert gw.state.pool.upstreams[0].ready
+    assert gw.state.pool.replicas[0].ready
     metrics = (await gw.client.get("/metrics")).text
     assert 'lorafleet_adapter_loads_total{result="replay",upstream="u0"} 2.0' in metrics
 
@@ -99,7 +99,8 @@ async def test_adapter_lost_between_health_checks_is_reloaded_once(gw: Harness) 
 
 
 async def test_upstream_unreachable_marks_not_ready_and_recovers(gw: Harness) -> None:
-    upstream = gw.state.pool.upstreams[0]
+    replica = gw.state.pool.replicas[0]
+    upstream = replica.upstream
 
     async def down(*_a, **_k):
         raise UpstreamError("unreachable", status=503)
@@ -107,7 +108,7 @@ async def test_upstream_unreachable_marks_not_ready_and_recovers(gw: Harness) ->
     real = upstream.model_ids
     upstream.model_ids = down  # type: ignore[method-assign]
     await gw.state.pool.check_all()
-    assert not upstream.ready and (await gw.client.get("/ready")).status_code == 503
+    assert not replica.ready and (await gw.client.get("/ready")).status_code == 503
     upstream.model_ids = real  # type: ignore[method-assign]
     await gw.state.pool.check_all()
     assert (await gw.client.get("/ready")).status_code == 200

@@ -203,7 +203,7 @@ async def test_upstream_errors_pass_through_in_openai_shape(gw: Harness) -> None
 
 
 async def test_upstream_down_is_503_with_retry_after(gw: Harness) -> None:
-    gw.state.pool.upstreams[0].ready = False
+    gw.state.pool.replicas[0].mark_down()
     resp = await gw.chat(BASE)
     assert resp.status_code == 503
     assert resp.headers["retry-after"]

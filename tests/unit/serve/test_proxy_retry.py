@@ -18,7 +18,7 @@ from tests.unit.serve.test_replica_routing import VLLM_METRICS, Fleet, fleet
 def _no_leaks(f: Fleet) -> None:
     """Every slot the gateway took on a replica was given back."""
     assert f.gw.state.proxy.in_flight == 0
-    for upstream in f.pool.upstreams:
+    for upstream in f.pool.replicas:
         assert upstream.in_flight == 0, upstream.name
         assert not +upstream.adapter_in_flight, (upstream.name, upstream.adapter_in_flight)
 
@@ -32,7 +32,7 @@ def _streamed_text(sse: str) -> str:
 
 async def test_refused_connection_goes_to_the_next_replica(serve_settings, key_store, gw_registry) -> None:
     async with fleet(serve_settings, key_store) as f:
-        home = f.pool.ring.home("pirate@v1")
+        home = f.chooser.ring.home("pirate@v1")
         assert (await f.gw.chat("pirate")).status_code == 200  # loaded and served at home
         f.clear_logs()
         f.switches[home].down = True  # died since the last health check: still marked ready
@@ -52,7 +52,7 @@ async def test_refused_connection_goes_to_the_next_replica(serve_settings, key_s
 async def test_an_unreachable_home_at_adapter_load_goes_to_the_next_replica(serve_settings, key_store,
                                                                             gw_registry) -> None:
     async with fleet(serve_settings, key_store) as f:
-        home = f.pool.ring.home("pirate@v1")
+        home = f.chooser.ring.home("pirate@v1")
         f.switches[home].down = True
         resp = await f.gw.chat("pirate")
         assert resp.status_code == 200 and resp.json()["model"] == "pirate@v1"
@@ -63,7 +63,7 @@ async def test_an_unreachable_home_at_adapter_load_goes_to_the_next_replica(serv
 
 async def test_a_stream_is_retried_when_no_byte_came_back(serve_settings, key_store, gw_registry) -> None:
     async with fleet(serve_settings, key_store) as f:
-        home = f.pool.ring.home("pirate@v1")
+        home = f.chooser.ring.home("pirate@v1")
         f.switches[home].fail_completions = httpx.ConnectError
         resp = await f.gw.chat("pirate", stream=True)
         assert resp.status_code == 200
@@ -131,7 +131,7 @@ async def test_no_retry_when_it_was_the_last_ready_replica(serve_settings, key_s
 
 async def test_a_timeout_is_not_retried(serve_settings, key_store, gw_registry) -> None:
     async with fleet(serve_settings, key_store) as f:
-        home = f.pool.ring.home("pirate@v1")
+        home = f.chooser.ring.home("pirate@v1")
         f.switches[home].fail_completions = httpx.ReadTimeout  # slow is not dead
         resp = await f.gw.chat("pirate")
         assert resp.status_code == 504 and "timed out" in resp.json()["error"]["message"]
@@ -157,7 +157,8 @@ async def test_no_retry_once_bytes_were_streamed(serve_settings, key_store, gw_r
             assert '"Hello"' in resp.text and "failed mid-stream" in resp.text
             assert "[DONE]" not in resp.text
             assert survivor.calls("/v1/chat/completions") == []
-            assert not upstreams[0].ready and upstreams[1].ready
+            replicas = app.state.gateway.pool.replicas
+            assert not replicas[0].ready and replicas[1].ready
 
 
 # ---- thresholds from the settings ----------------------------------------------------------
@@ -170,7 +171,7 @@ def test_thresholds_are_read_from_lorafleet_env(monkeypatch, tmp_path) -> None:
     assert (settings.saturated_at, settings.spread_at, settings.ring_vnodes) == (9, 3, 16)
     app = create_app(settings.model_copy(update={"no_auth": True}),
                      upstreams=[HttpUpstream("a", "http://a", None), HttpUpstream("b", "http://b", None)])
-    pool = app.state.gateway.pool
+    pool = app.state.gateway.chooser
     assert (pool.saturated_at, pool.spread_at, pool.ring.vnodes) == (9, 3, 16)
     assert len(pool.ring._points) == 32
 
@@ -180,7 +181,7 @@ async def test_saturation_threshold_from_settings_moves_traffic(serve_settings, 
     for saturated_at, goes_home in ((64, True), (5, False)):
         settings = serve_settings.model_copy(update={"saturated_at": saturated_at})
         async with fleet(settings, key_store) as f:
-            home = f.pool.ring.home("pirate@v1")
+            home = f.chooser.ring.home("pirate@v1")
             f.switches[home].metrics_text = VLLM_METRICS
             await f.pool.check_all()
             assert (await f.gw.chat("pirate")).status_code == 200

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 from lorafleet.serve.app import create_app
+from lorafleet.serve.replicas import Replica
 from lorafleet.serve.routing import HashRing
 from lorafleet.serve.upstream import HttpUpstream, parse_waiting
 
@@ -63,8 +64,12 @@ class Fleet:
     def pool(self):
         return self.gw.state.pool
 
-    def upstream(self, name: str) -> HttpUpstream:
-        return next(u for u in self.pool.upstreams if u.name == name)
+    @property
+    def chooser(self):
+        return self.gw.state.chooser
+
+    def upstream(self, name: str) -> Replica:
+        return next(u for u in self.pool.replicas if u.name == name)
 
     def served_by(self, name: str) -> list[str]:
         """Replicas whose fake received a chat completion for `name` (a base or served name)."""
@@ -137,7 +142,7 @@ async def test_an_adapter_is_loaded_and_served_on_its_home_only(serve_settings, 
     async with fleet(serve_settings, key_store) as f:
         for _ in range(4):
             assert (await f.gw.chat("pirate")).status_code == 200
-        home = f.pool.ring.home("pirate@v1")
+        home = f.chooser.ring.home("pirate@v1")
         assert f.loaded_on("pirate@v1") == [home]
         assert f.served_by("pirate@v1") == [home]
 
@@ -149,7 +154,7 @@ async def test_adapters_are_distributed_over_replicas(serve_settings, key_store,
     async with fleet(serve_settings, key_store) as f:
         for name in names:
             assert (await f.gw.chat(name)).status_code == 200
-        homes = {name: f.pool.ring.home(f"{name}@v1") for name in names}
+        homes = {name: f.chooser.ring.home(f"{name}@v1") for name in names}
         for name in names:
             assert f.loaded_on(f"{name}@v1") == [homes[name]]
         assert len(set(homes.values())) >= 2
@@ -157,7 +162,7 @@ async def test_adapters_are_distributed_over_replicas(serve_settings, key_store,
 
 async def test_failover_when_home_is_down_then_rehome_after_recovery(serve_settings, key_store, gw_registry) -> None:
     async with fleet(serve_settings, key_store) as f:
-        home = f.pool.ring.home("pirate@v1")
+        home = f.chooser.ring.home("pirate@v1")
         await f.set_down(home, True)
         assert not f.upstream(home).ready
         f.clear_logs()
@@ -186,8 +191,8 @@ async def test_every_replica_down_is_503(serve_settings, key_store, gw_registry)
 
 async def test_spill_over_when_home_queue_is_saturated(serve_settings, key_store, gw_registry) -> None:
     async with fleet(serve_settings, key_store) as f:
-        home = f.pool.ring.home("pirate@v1")
-        f.pool.saturated_at = 5
+        home = f.chooser.ring.home("pirate@v1")
+        f.chooser.saturated_at = 5
         f.switches[home].metrics_text = VLLM_METRICS  # vLLM reports 7 waiting
         await f.pool.check_all()
         assert f.upstream(home).waiting == 7
@@ -203,12 +208,12 @@ async def test_spill_over_when_home_queue_is_saturated(serve_settings, key_store
 
 async def test_a_hot_adapter_spreads_over_a_second_replica_only(serve_settings, key_store, gw_registry) -> None:
     async with fleet(serve_settings, key_store) as f:
-        f.pool.spread_at = 2
+        f.chooser.spread_at = 2
         for fake in f.fakes.values():
             fake.load_delay = 0.2  # keeps requests in flight together
         results = await asyncio.gather(*(f.gw.chat("pirate") for _ in range(8)))
         assert all(r.status_code == 200 for r in results)
-        order = [u.name for u in f.pool.home_order("pirate@v1")]
+        order = [u.name for u in f.chooser.home_order("pirate@v1")]
         assert sorted(f.served_by("pirate@v1")) == sorted(order[:2])
         assert order[2] not in f.loaded_on("pirate@v1")
 
@@ -243,21 +248,21 @@ async def test_replicas_start_children_and_route_around_a_killed_one(serve_setti
     body = {"model": "pirate", "messages": [{"role": "user", "content": "x"}]}
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                                                    base_url="http://gw") as client:
-        sups = {s.upstream.name: s for s in state.supervisor.supervisors}
+        sups = {s.replica.name: s for s in state.supervisor.supervisors}
         assert sorted(sups) == ["local0", "local1"]
         assert len({s.launch.port for s in sups.values()}) == 2
         assert (await client.post("/v1/chat/completions", json=body, headers=auth)).status_code == 200
-        home = state.pool.ring.home("pirate@v1")
+        home = state.chooser.ring.home("pirate@v1")
         other = next(n for n in sups if n != home)
-        assert "pirate@v1" in await sups[home].upstream.model_ids()
-        assert "pirate@v1" not in await sups[other].upstream.model_ids()
+        assert "pirate@v1" in await sups[home].replica.upstream.model_ids()
+        assert "pirate@v1" not in await sups[other].replica.upstream.model_ids()
 
         sups[home].process.kill()
         sups[home].process.proc.wait(10)
         await state.pool.check_all()  # the health loop would notice within health_interval
         resp = await client.post("/v1/chat/completions", json=body, headers=auth)
         assert resp.status_code == 200 and resp.json()["model"] == "pirate@v1"
-        assert "pirate@v1" in await sups[other].upstream.model_ids()  # reloaded on the survivor
+        assert "pirate@v1" in await sups[other].replica.upstream.model_ids()  # reloaded on the survivor
     assert not any(s.process.alive() for s in sups.values())
 
 

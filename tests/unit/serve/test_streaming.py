@@ -11,7 +11,6 @@ import openai
 import pytest
 from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import _unless_disconnected
-from starlette.requests import ClientDisconnect
 
 from tests.fakes.openai_upstream import FakeUpstream, dying_upstream
 from tests.unit.serve.conftest import BASE, gateway_on_loopback
@@ -80,7 +79,7 @@ def test_upstream_dying_mid_stream_gives_a_clean_error(serve_settings, key_store
             for chunk in stream:
                 pieces.append(chunk.choices[0].delta.content)
         assert pieces == ["a", " b"]
-        assert not state.pool.upstreams[0].ready  # until the health loop sees it answer again
+        assert not state.pool.replicas[0].ready  # until the health loop sees it answer again
         text = httpx.get(f"{gw}/metrics").text
         assert 'lorafleet_requests_total{adapter="base",endpoint="chat",status="502",version="-"} 1.0' in text
         assert 'lorafleet_requests_in_flight{adapter="base"} 0.0' in text
@@ -133,7 +132,8 @@ async def test_client_disconnect_cancels_the_upstream_call() -> None:
 
 
 async def test_stream_released_even_if_the_body_never_starts() -> None:
-    from lorafleet.serve.proxy import _Relay
+    from lorafleet.serve.proxy import Stream
+    from lorafleet.serve.routes.http import SseRelay
 
     cleaned = []
 
@@ -149,7 +149,35 @@ async def test_stream_released_even_if_the_body_never_starts() -> None:
     async def send(_message):
         raise OSError("client gone")
 
-    relay = _Relay(body(), cleanup=cleanup, media_type="text/event-stream")
-    with pytest.raises(ClientDisconnect):
-        await relay({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    await SseRelay(Stream(body(), cleanup))({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
     assert cleaned == [True]
+
+
+async def test_stream_stops_reading_upstream_when_the_client_leaves() -> None:
+    """uvicorn (ASGI 2.3) drops sends to a gone client silently: the relay must notice the
+    disconnect itself and close the stream, or vLLM keeps generating for nobody."""
+    from lorafleet.serve.proxy import Stream
+    from lorafleet.serve.routes.http import SseRelay
+
+    cleaned, sent = [], []
+    gone = asyncio.Event()
+
+    async def body():
+        for i in range(1000):
+            yield f"data: {i}\n\n".encode()
+            if i == 2:
+                gone.set()
+            await asyncio.sleep(0.01)
+
+    async def cleanup() -> None:
+        cleaned.append(True)
+
+    async def receive():
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await asyncio.wait_for(SseRelay(Stream(body(), cleanup))({"type": "http"}, receive, send), 5)
+    assert cleaned == [True] and len(sent) < 10

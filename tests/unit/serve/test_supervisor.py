@@ -58,7 +58,7 @@ async def test_dead_child_is_restarted_and_adapters_replayed(serve_settings, key
         body = {"model": "pirate", "messages": [{"role": "user", "content": "x"}]}
         assert (await client.post("/v1/chat/completions", json=body, headers=auth)).status_code == 200
         first_pid = state.supervisor.process.pid
-        upstream = state.pool.upstreams[0]
+        upstream = state.pool.replicas[0].upstream
         assert "pirate@v1" in await upstream.model_ids()
 
         state.supervisor.process.kill()
