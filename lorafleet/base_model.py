@@ -37,12 +37,24 @@ class BaseSource(BaseModel):
     file_sha256: str
 
 
+class DerivedFrom(BaseModel):
+    """The base a variant (an nf4 twin) was made from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    weights_sha256: str | None
+
+
 class BaseManifest(BaseModel):
     """What `base prepare` wrote and from what; `weights_sha256` is re-checked on every prepare."""
 
     model_config = ConfigDict(extra="forbid")
 
     model_id: str
+    variant: str = "full"  # "nf4": a dequantised-nf4 twin (lorafleet.base_variants)
+    derived_from: DerivedFrom | None = None
+    quantization: dict[str, Any] | None = None  # how the twin's weights were quantised
     source: BaseSource | None = None
     weights_file: str = WEIGHTS_FILE
     weights_sha256: str

@@ -16,6 +16,14 @@ class BaseModelRef(BaseModel):
     weights_sha256: str | None = Field(default=None, description="sha256 of the base weights file.")
 
 
+class TrainedOn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variant: str = Field(description="full (the base as it is) or nf4 (its dequantised-nf4 twin, for QLoRA).")
+    path: str | None = Field(default=None, description="The folder of that variant.")
+    weights_sha256: str | None = Field(default=None, description="sha256 of that variant's weights.")
+
+
 class DatasetFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,6 +55,8 @@ class AdapterCard(BaseModel):
     source: Literal["trained", "imported"] = "trained"
     base: BaseModelRef
     lora: LoraInfo
+    trained_on: TrainedOn | None = Field(
+        default=None, description="The base variant the adapter was trained against, and so must be served on.")
     files: dict[str, str] = Field(default_factory=dict, description="file name → sha256")
     dataset: list[DatasetFile] = Field(default_factory=list)
     training: dict[str, Any] = Field(default_factory=dict, description="Every hyperparameter used.")

@@ -8,6 +8,7 @@ from typing import Any
 from lorafleet.train.config import TrainConfig
 
 from lorafleet.base_model import BaseInfo, inspect_base
+from lorafleet.base_variants import load_nf4
 from lorafleet.errors import BaseModelError
 
 # Non-reentrant: PyTorch's recommended mode; works with frozen inputs and keeps dropout masks.
@@ -55,11 +56,9 @@ def load_base(base: Path, *, qlora: bool, gradient_checkpointing: bool = False) 
             model.enable_input_require_grads()
         return model
     from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, dtype=torch.float32)
+    # The same load the nf4 twin is made from (lorafleet.base_variants), so it holds these very weights.
+    model = load_nf4(base)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
 
