@@ -34,6 +34,7 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, engine_logprobs: list[float]) -
         return [([-0.1] * len(g), list(g)) for _, g in seqs]
 
     monkeypatch.setattr("lorafleet.cli.fidelity.engine_session", session)
+    monkeypatch.setattr("lorafleet.cli.engine_session.engine_session", session)  # train_checks' shared session
     monkeypatch.setattr("lorafleet.train.fidelity.reference_logprobs", reference)
     return seen
 
