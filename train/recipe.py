@@ -33,6 +33,8 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from lorafleet.base_model import inspect_base
+from lorafleet.base_variants import ensure_nf4, trained_on
+from lorafleet.card import TrainedOn
 from lorafleet.config import Settings
 from lorafleet.errors import ConfigError, RegistryError
 from lorafleet.fsutil import atomic_write_json
@@ -68,6 +70,7 @@ class TrainResult(BaseModel):
     mlflow_run_id: str | None
     samples: list[Sample]
     held_out: dict[str, Any] = {}  # the guard's check, as the card records it
+    trained_on: TrainedOn | None = None  # the base variant trained on (QLoRA: the nf4 twin), as the card records it
 
 
 def train(config: TrainConfig, settings: Settings, *, console: Console | None = None, show_progress: bool = True,
@@ -99,6 +102,12 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
 
     base = Path(config.base or settings.base_dir)
     check_base(base)
+    # The base variant the adapter is trained on, and so served on: a QLoRA run writes the base's nf4
+    # twin when it is missing (lorafleet.base_variants), once, before any process loads a model.
+    if config.qlora and main:
+        ensure_nf4(base, settings.data_dir)
+    processes.wait_for_everyone()
+    trained = trained_on(base, qlora=config.qlora, data_dir=settings.data_dir)
     tokenizer = load_tokenizer(base)
     train_ex, val_ex, dropped = apply_max_lengths(config, tokenizer, train_ex, val_ex)
     run_dir, checkpoint = open_run(runs_root, config, resumed, processes)
@@ -133,9 +142,9 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
         processes.wait_for_everyone()
         served, serving_loss = trainer.model, None
         if config.qlora:
-            # vLLM serves the adapter on the full-precision base, not on the nf4 weights it was trained
-            # against; on a small base that gap is large, so measure (and sample) what users will get.
-            served = serving_model(base, adapter_dir, device=trainer.args.device)
+            # The gateway serves a QLoRA adapter on the nf4 twin (its matched base): measure (and sample)
+            # the adapter there, in plain float weights, as users will get it.
+            served = serving_model(Path(trained.path or base), adapter_dir, device=trainer.args.device)
             serving_loss = val_loss_of(served, trainer.get_eval_dataloader()) if val_ex else None
         if not main:
             return None
@@ -152,7 +161,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
             wall_time_s=round(time.perf_counter() - started, 1), peak_rss_mb=peak_rss_mb(),
             cpu_time_s=cpu_time_s(),
             tokens_per_s=round(progress.tokens_per_s, 1), mlflow_run_id=tracker.run_id, samples=samples,
-            held_out=held_out,
+            held_out=held_out, trained_on=trained,
         )
         for key in ("val_loss", "base_val_loss", "serving_val_loss", "wall_time_s", "peak_rss_mb", "tokens_per_s"):
             if getattr(result, key) is not None:

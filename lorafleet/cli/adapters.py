@@ -60,6 +60,18 @@ def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="name, name
     for line in card_lines(resolved.card.forgetting):  # issue 15 §3: off-domain agreement with the base
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(fidelity_line(resolved.card.fidelity), highlight=False)
+    console.print(trained_on_line(resolved.card), highlight=False, markup=False, soft_wrap=True)
+
+
+def trained_on_line(card: AdapterCard) -> str:
+    """The base variant the adapter was trained on, and so is served on (issue 15 §2), as one line."""
+    from lorafleet.base_variants import variant_of
+
+    t = card.trained_on
+    if t is None:
+        return f"trained on: {variant_of(card)} (from lora.quantization; registered before trained_on)"
+    sha = f", weights sha256 {t.weights_sha256[:12]}…" if t.weights_sha256 else ""
+    return f"trained on: {t.variant} base {t.path or '-'}{sha}; served on that variant"
 
 
 def fidelity_line(f: dict) -> str:

@@ -104,11 +104,11 @@ def show_result(result: Any) -> None:
     if result.val_loss is not None:
         console.print(f"val loss: base {result.base_val_loss:.3f} → adapter {result.val_loss:.3f}")
     if result.serving_val_loss is not None:
-        console.print(f"val loss as served (adapter on the full-precision base, not nf4): "
-                      f"{result.serving_val_loss:.3f}")
+        where_served = result.trained_on.path if result.trained_on else "the full-precision base"
+        console.print(f"val loss as served (adapter on its nf4 twin {where_served}): {result.serving_val_loss:.3f}")
         if result.serving_val_loss > 2 * result.val_loss + 0.1:
-            console.print("[yellow]warning:[/] the adapter leans on nf4 rounding of this small base; "
-                          "evaluate it served, or train it without --qlora")
+            console.print("[yellow]warning:[/] served, the adapter scores much worse than trained; "
+                          "check its fidelity on the card")
     if result.samples:
         table = Table("prompt", "reference", "base", "adapter", show_lines=True)
         for s in result.samples:

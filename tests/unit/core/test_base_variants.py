@@ -196,3 +196,19 @@ def test_serving_base_without_a_twin_says_how_to_make_one(tiny_model: Path, tmp_
     with pytest.raises(BaseModelError, match="no nf4 twin") as info:
         serving_base(card("nf4"), base=tiny_model, data_dir=tmp_path)
     assert "base prepare --variant nf4" in str(info.value)
+
+
+def test_adapters_show_prints_trained_on(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from lorafleet.registry import Registry
+    from tests.unit.core.peft_files import write_fake_peft
+
+    dd = tmp_path / "data"
+    registry = Registry(dd / "registry")
+    registry.register("q", write_fake_peft(tmp_path / "p1"),
+                      card("nf4", TrainedOn(variant="nf4", path="/d/base/b-nf4", weights_sha256="ab" * 32)))
+    registry.register("old", write_fake_peft(tmp_path / "p2"), card("nf4"))
+    code, out, err = run(capsys, "--data-dir", str(dd), "adapters", "show", "q")
+    assert code == 0, err
+    assert "trained on: nf4 base /d/base/b-nf4, weights sha256 abababababab…" in out.replace("\n", " ")
+    code, out, _ = run(capsys, "--data-dir", str(dd), "adapters", "show", "old")
+    assert "trained on: nf4 (from lora.quantization" in out.replace("\n", " ")

@@ -46,6 +46,12 @@ def test_two_processes_register_one_version(tiny_model: Path, tmp_path: Path, ql
     assert registry.versions("ddp-intents") == ["v1"]
     card = registry.resolve("ddp-intents").card
     assert card.mlflow_run_id == result["mlflow_run_id"] and card.training["processes"] == 2
+    # QLoRA: the main process wrote the base's nf4 twin (once) and the card names it; served there.
+    twin = data_dir / "base" / f"{tiny_model.resolve().name}-nf4"
+    expected = ("nf4", str(twin.resolve())) if qlora else ("full", str(tiny_model.resolve()))
+    assert (card.trained_on.variant, card.trained_on.path) == expected
+    if qlora:
+        assert card.trained_on.weights_sha256 == json.loads((twin / "manifest.json").read_text())["weights_sha256"]
 
     from mlflow.tracking import MlflowClient
 

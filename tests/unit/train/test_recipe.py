@@ -110,6 +110,8 @@ def test_cli_train_registers_servable_version_with_full_card(capsys, tiny_model:
     assert card.lora.rank == 8 and card.lora.alpha == 16 and card.lora.quantization is None
     assert card.lora.target_modules == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert card.base.weights_sha256 and card.base.path == str(tiny_model.resolve())
+    assert card.trained_on.model_dump() == {"variant": "full", "path": card.base.path,
+                                            "weights_sha256": card.base.weights_sha256}
     assert {d.split: d.sha256 for d in card.dataset} == {"train": sha256_file(data[0]), "val": sha256_file(data[1])}
     assert card.training["lr"] == 2e-4 and card.training["max_steps"] == 2 and card.training["rank"] == 8
     for key in ("train_loss", "val_loss", "best_step", "wall_time_s", "peak_rss_mb", "base_val_loss"):
