@@ -25,6 +25,7 @@ from lorafleet.serve.routes.http import error_response
 from lorafleet.serve.routing import ReplicaChooser, Router
 from lorafleet.serve.state import GatewayState, base_info
 from lorafleet.serve.upstream import HttpUpstream
+from lorafleet.serve.variants import Variants, router_variant
 from lorafleet.serve.vllm_child import ChildSupervisor, ReplicaSet, VllmLaunch, free_port
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -68,7 +69,7 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
         upstreams, launches = _upstreams(settings, replicas)
     base_name = settings.base_name or settings.base_dir.resolve().name
     registry = Registry(settings.registry_dir)
-    router = Router(registry, base_name, ttl=settings.registry_ttl)
+    router = Router(registry, base_name, ttl=settings.registry_ttl, variant_of=router_variant)
     fleet = [Replica(u, hot_set=settings.hot_set, metrics=metrics, base_name=base_name, probe=settings.probe)
              for u in upstreams]
     pool = ReplicaPool(fleet, interval=settings.health_interval)
@@ -92,13 +93,16 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
         grades = ReviewGrades(settings.review_url, token or "", settings.review_queue, metrics,
                               interval=settings.review_poll_interval, window=settings.drift_window,
                               transport=review_transport)
+    # QLoRA adapters go to replicas of their own base variant, started on first use (serve/variants.py)
+    variants = Variants(settings, pool=pool, chooser=chooser, metrics=metrics, base_name=base_name,
+                        children=bool(launches))
     proxy = Proxy(router=router, chooser=chooser, metrics=metrics, capture=capture,
-                  max_in_flight=settings.max_in_flight, drift=drift)
+                  max_in_flight=settings.max_in_flight, drift=drift, variants=variants)
     return GatewayState(settings=settings, registry=registry, router=router, pool=pool, chooser=chooser,
                         auth=Authenticator(key_store, ttl=settings.key_cache_ttl, no_auth=settings.no_auth),
                         metrics=metrics, metrics_registry=metrics_registry, capture=capture, proxy=proxy,
                         key_store=key_store, supervisor=supervisor, base_info=base_info(settings.base_dir),
-                        drift=drift, review_grades=grades)
+                        drift=drift, review_grades=grades, variants=variants)
 
 
 def _upstreams(settings: ServeSettings, children: int) -> tuple[list[HttpUpstream], list[VllmLaunch]]:

@@ -11,6 +11,7 @@ from lorafleet.config import Settings
 from lorafleet.errors import ConfigError
 
 LOOPBACK_NAMES = {"localhost"}
+SERVED_VARIANTS = ("nf4",)  # base variants an upstream may be named for (the gateway's own base is the other)
 
 
 class ServeSettings(Settings):
@@ -21,6 +22,15 @@ class ServeSettings(Settings):
     upstreams: list[str] = Field(default_factory=list,
                                  description="Existing vLLM servers; empty: start one as a child process.")
     upstream_api_key: SecretStr | None = Field(default=None, description="API key of the --upstream servers.")
+    # Base variants (serve/variants.py): QLoRA adapters are served on the nf4 variant they were trained on.
+    variant_upstreams: list[str] = Field(
+        default_factory=list, description="LORAFLEET_VARIANT_UPSTREAMS: VARIANT=URL, an existing vLLM serving that "
+                                          "base variant (nf4: the base's nf4 twin, or the base with --quantization "
+                                          "bitsandbytes on GPU); repeat for replicas.")
+    variant_children: bool = Field(default=True,
+                                   description="LORAFLEET_VARIANT_CHILDREN: start a supervised vLLM child for a "
+                                               "variant without --variant-upstream the first time one of its "
+                                               "adapters is asked for (only when the gateway starts its own vLLM).")
     base_name: str | None = Field(default=None, description="Model name of the base; default: its folder name.")
     max_loras: int = Field(default=4, ge=1, description="Adapters in one vLLM batch (--max-loras).")
     max_lora_rank: int = Field(default=16, description="vLLM --max-lora-rank.")
@@ -90,6 +100,24 @@ class ServeSettings(Settings):
             if not 0 <= rate <= 1:
                 raise ValueError(f"capture rate of {name!r} is {rate}; use a number in [0, 1]")
         return value
+
+    @field_validator("variant_upstreams")
+    @classmethod
+    def _variant_upstreams(cls, value: list[str]) -> list[str]:
+        for item in value:
+            variant, sep, url = item.partition("=")
+            if not sep or not url.startswith(("http://", "https://")) or variant not in SERVED_VARIANTS:
+                raise ValueError(f"--variant-upstream {item!r}: use VARIANT=URL with VARIANT one of "
+                                 f"{', '.join(SERVED_VARIANTS)}, e.g. nf4=http://127.0.0.1:8101")
+        return value
+
+    def variant_upstream_urls(self) -> dict[str, list[str]]:
+        """--variant-upstream VARIANT=URL, grouped by variant."""
+        urls: dict[str, list[str]] = {}
+        for item in self.variant_upstreams:
+            variant, _, url = item.partition("=")
+            urls.setdefault(variant, []).append(url)
+        return urls
 
     @property
     def spool_path(self) -> Path:

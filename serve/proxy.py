@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -30,6 +30,9 @@ from lorafleet.serve.routing import ReplicaChooser, Router, Target
 from lorafleet.serve.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from lorafleet.serve.variants import Variants
 
 # Failures before the upstream answered anything: the request never ran there, or died with the
 # replica before a single byte came back, so sending it again cannot duplicate output the client
@@ -139,8 +142,9 @@ class Proxy:
     """Forwards OpenAI requests to the right replica with the right adapter loaded."""
 
     def __init__(self, *, router: Router, chooser: ReplicaChooser, metrics: Metrics, capture: Capture,
-                 max_in_flight: int, drift: DriftMonitor | None = None) -> None:
+                 max_in_flight: int, drift: DriftMonitor | None = None, variants: Variants | None = None) -> None:
         self.router = router
+        self.variants = variants  # replicas of other base variants (QLoRA's nf4), started on first use
         self.chooser = chooser
         self.metrics = metrics
         self.capture = capture
@@ -226,6 +230,8 @@ class Proxy:
         target = call.target
         served = None if target.is_base else target.served_name
         path = None if target.adapter_ref is None else target.adapter_ref.path
+        if self.variants is not None:
+            await self.variants.ensure(target)  # 503 naming the variant when none can be had
         while True:
             replica = self.chooser.pick(target)
             lease = contextlib.AsyncExitStack()

@@ -18,6 +18,7 @@ from lorafleet.serve.proxy import Proxy
 from lorafleet.serve.replicas import HotSet, Replica, ReplicaPool
 from lorafleet.serve.review_grades import ReviewGrades
 from lorafleet.serve.routing import ReplicaChooser, Router
+from lorafleet.serve.variants import Variants
 from lorafleet.serve.vllm_child import ChildSupervisor, ReplicaSet
 from prometheus_client import CollectorRegistry
 
@@ -47,6 +48,7 @@ class GatewayState:
     base_info: dict[str, Any] = field(default_factory=dict)  # the base's manifest identity, listed on /v1/models
     drift: DriftMonitor | None = None
     review_grades: ReviewGrades | None = None
+    variants: Variants | None = None  # replicas of other base variants (nf4 for QLoRA adapters)
 
     async def start(self) -> None:
         if self.supervisor is not None:
@@ -69,6 +71,8 @@ class GatewayState:
         if self.drift is not None:
             await self.drift.stop()
         await self.pool.aclose()
+        if self.variants is not None:
+            await self.variants.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self.key_store is not None:
@@ -92,6 +96,8 @@ class GatewayState:
         target = self.router.resolve(model)
         if target.adapter_ref is None:
             raise ApiError(400, "the base model is always loaded", code="base_model", param="model")
+        if self.variants is not None:
+            await self.variants.ensure(target)  # a QLoRA adapter's variant: its replica, started if need be
         for replica in self.select(upstream):
             if replica.variant != target.variant:
                 continue

@@ -35,6 +35,13 @@ def serve(
         help="Use this running vLLM server instead of starting one (repeatable).")] = None,
     upstream_api_key: Annotated[str | None, typer.Option(
         help="API key of the --upstream servers (or LORAFLEET_UPSTREAM_API_KEY).")] = None,
+    variant_upstream: Annotated[list[str] | None, typer.Option(
+        help="VARIANT=URL: a running vLLM for QLoRA adapters' base variant, e.g. nf4=http://127.0.0.1:8101 "
+             "serving the nf4 twin (`base prepare --variant nf4`) (repeatable). Default: a vLLM child on the "
+             "twin starts the first time a QLoRA adapter is asked for.")] = None,
+    no_variant_children: Annotated[bool, typer.Option(
+        "--no-variant-children", help="Never start a vLLM child for a base variant: QLoRA adapters without "
+                                      "a --variant-upstream get a 503 naming the variant.")] = False,
     base_name: Annotated[str | None, typer.Option(help="Model name clients use for the base.")] = None,
     max_loras: Annotated[int | None, typer.Option(help="Adapters per vLLM batch.")] = None,
     max_lora_rank: Annotated[int | None, typer.Option(help="Largest adapter rank vLLM accepts.")] = None,
@@ -67,6 +74,7 @@ def serve(
         "max_lora_rank": max_lora_rank, "hot_set": hot_set, "pins": pin or None, "review_url": review_url,
         "review_token": review_token, "review_queue": review_queue, "capture": _rates(capture) if capture else None,
         "no_auth": True if no_auth else None, "probe": False if no_probe else None,
+        "variant_upstreams": variant_upstream or None, "variant_children": False if no_variant_children else None,
     }
     try:
         env_settings = ServeSettings()
@@ -91,8 +99,9 @@ def serve(
         console.print(f"serving on {where} in front of {', '.join(settings.upstreams)}")
     # Keep-alive well above clients' idle timeouts (httpx and the OpenAI SDK: 5 s): with equal timeouts
     # the server may close a connection the client is just reusing (a spurious ReadError).
+    # uvloop and httptools (dependencies) are uvicorn's "auto" choice; no access log on the request path.
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level,
-                timeout_graceful_shutdown=10, timeout_keep_alive=75)
+                timeout_graceful_shutdown=10, timeout_keep_alive=75, access_log=False)
 
 
 def check_capture_queue(settings, transport=None) -> None:  # noqa: ANN001 - ServeSettings, imported lazily
