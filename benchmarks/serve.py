@@ -103,8 +103,10 @@ async def load(url: str, key: str, model: str, *, concurrency: int, requests: in
 
 
 def start_gateway(upstream_url: str, upstream_key: str, base_name: str, data_dir: Path,
-                  extra: list[str] | None = None) -> tuple[subprocess.Popen, str, str]:
-    """`lorafleet serve --upstream …` on a free port (log in `<data_dir>/gateway.log`); a key for it."""
+                  extra: list[str] | None = None, python_args: list[str] | None = None
+                  ) -> tuple[subprocess.Popen, str, str]:
+    """`lorafleet serve --upstream …` on a free port (log in `<data_dir>/gateway.log`); a key for it.
+    `python_args` go before `-m lorafleet` (e.g. `-m cProfile -o FILE`)."""
     from lorafleet.serve.keys import KeyStore
     from lorafleet.serve.vllm_child import free_port
 
@@ -112,7 +114,8 @@ def start_gateway(upstream_url: str, upstream_key: str, base_name: str, data_dir
     port = free_port()
     env = dict(os.environ, LORAFLEET_UPSTREAM_API_KEY=upstream_key)
     with open(data_dir / "gateway.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "lorafleet", "--data-dir", str(data_dir), "serve",
+        proc = subprocess.Popen([sys.executable, *(python_args or []), "-m", "lorafleet", "--data-dir", str(data_dir),
+                                 "serve",
                                  "--upstream", upstream_url, "--base-name", base_name, "--port", str(port),
                                  *(extra or [])], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

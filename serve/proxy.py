@@ -27,7 +27,7 @@ from lorafleet.serve.metrics import UNKNOWN, Metrics
 from lorafleet.serve.protocol import ApiError, forbidden, upstream_unavailable
 from lorafleet.serve.replicas import Replica
 from lorafleet.serve.routing import ReplicaChooser, Router, Target
-from lorafleet.serve.upstream import UpstreamError
+from lorafleet.serve.upstream import Answer, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Proxy:
 
     # ---- the attempt loop ------------------------------------------------------------------
     async def _attempt(self, call: Call, *, stream: bool
-                       ) -> tuple[httpx.Response, contextlib.AsyncExitStack, Replica]:
+                       ) -> tuple[Answer, contextlib.AsyncExitStack, Replica]:
         """Send the call until a replica answers; the lease on it stays held until the caller closes it.
 
         One resend per call after a connection failure (another replica, or the same one over a
@@ -371,7 +371,7 @@ class Proxy:
 
         return Stream(self._relay(call, resp, replica), close)
 
-    async def _relay(self, call: Call, resp: httpx.Response, replica: Replica) -> AsyncIterator[bytes]:
+    async def _relay(self, call: Call, resp: Answer, replica: Replica) -> AsyncIterator[bytes]:
         """Pass SSE events through as they arrive; on upstream death send one error event."""
         buffer = b""
         first = True
