@@ -152,7 +152,32 @@ class FakeUpstream:
         async def completions(request: Request) -> Response:
             return await fake._complete(await request.json(), chat=False)
 
+        # vLLM's other routes, answered just enough to show what reached them
+        @app.post("/tokenize")
+        async def tokenize(request: Request) -> Response:
+            body = await request.json()
+            words = str(body.get("prompt", "")).split()
+            return fake._for_model(body, {"tokens": [len(w) for w in words], "count": len(words)})
+
+        @app.post("/detokenize")
+        async def detokenize(request: Request) -> Response:
+            body = await request.json()
+            return fake._for_model(body, {"prompt": " ".join("x" * int(t) for t in body.get("tokens", []))})
+
+        @app.post("/v1/responses")
+        async def responses(request: Request) -> Response:
+            body = await request.json()
+            text = fake._next(str(body.get("model"))).text
+            return fake._for_model(body, {"object": "response", "status": "completed", "output": [
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]})
+
         return app
+
+    def _for_model(self, body: dict[str, Any], answer: dict[str, Any]) -> Response:
+        model = body.get("model", self.base_name)
+        if model != self.base_name and model not in self.loaded:
+            return _error(404, f"The model `{model}` does not exist.")
+        return JSONResponse({"model": model, **answer})
 
     async def _complete(self, body: dict[str, Any], *, chat: bool) -> Response:
         model = body.get("model")
