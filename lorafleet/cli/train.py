@@ -52,6 +52,10 @@ def train(
         "--resume", help="Continue the latest run of --name from its last checkpoint (same config, same MLflow run).")
     ] = None,
     samples: Annotated[int | None, typer.Option(help="Side-by-side generations printed at the end.")] = None,
+    forgetting: Annotated[bool | None, typer.Option(
+        "--forgetting/--no-forgetting", help="Measure forgetting on general prompts (a subset of "
+        "examples/forgetting) in the registration engine, with the fidelity check; on the card "
+        "[LORAFLEET_FORGETTING_CHECK].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Register although the fidelity check (served vs "
                                                         "trained) fails; recorded on the card.")] = False,
     skip_fidelity: Annotated[bool, typer.Option("--skip-fidelity", help="Register without the fidelity check "
@@ -85,7 +89,8 @@ def train(
         cfg = build_config({k: v for k, v in flags.items() if v is not None})
     from lorafleet.cli.train_checks import registration_checks
 
-    checks = registration_checks(settings_from(ctx), force=force, skip=skip_fidelity, console=err_console)
+    checks = registration_checks(settings_from(ctx), force=force, skip=skip_fidelity, console=err_console,
+                                 forgetting=forgetting)
     result = run(cfg, TrainSettings.from_core(settings_from(ctx)), console=err_console, show_progress=not as_json,
                  checks=checks)
     if result is None:  # not the main process of a multi-process run: the main one reports

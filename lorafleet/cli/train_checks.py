@@ -31,26 +31,27 @@ def registration_checks(core: Settings, *, force: bool, skip: bool, console: Con
             return {"fidelity": {"skipped": "--skip-fidelity"}}
         from lorafleet.cli.engine_session import engine_session
 
+        served = serving_base(check, settings)  # where the gateway will serve it: QLoRA on its nf4 twin
         if skip:  # forgetting only: an engine that will not start is recorded, never a failed training run
             try:
-                with engine_session(check.base, settings, console=console) as engine:
+                with engine_session(served.path, settings, console=console, vllm_args=served.vllm_args) as engine:
                     return {"fidelity": {"skipped": "--skip-fidelity"},
                             **train_forgetting(check, engine, forgetting_settings, console)}
             except ConfigError as exc:
                 return {"fidelity": {"skipped": "--skip-fidelity"},
                         "forgetting": {"skipped": f"no engine: {exc.message}"}}
-        with engine_session(check.base, settings, console=console) as engine:
-            fields = fidelity_fields(check, engine)
+        with engine_session(served.path, settings, console=console, vllm_args=served.vllm_args) as engine:
+            fields = fidelity_fields(check, engine, served)
             return {**fields, **train_forgetting(check, engine, forgetting_settings, console)}
 
-    def fidelity_fields(check: Any, engine: Any) -> dict[str, Any]:
+    def fidelity_fields(check: Any, engine: Any, served: Any) -> dict[str, Any]:
         from lorafleet.cli.fidelity import PROBES, check_fidelity
         from lorafleet.train.fidelity import probe_messages
 
         messages = probe_messages(check.probes, PROBES) if check.probes else None
         try:
-            result = check_fidelity(check.adapter_dir, check.base, settings, messages=messages, force=force,
-                                    what=check.name, console=console, engine=engine)
+            result = check_fidelity(check.adapter_dir, served.path, settings, messages=messages, force=force,
+                                    what=check.name, console=console, engine=engine, reference_base=served.hf_path)
         except RegistryError as exc:
             raise RegistryError(exc.message, hint=f"{exc.hint}; the trained adapter stays in {check.adapter_dir} "
                                                   f"(`lorafleet adapters import {check.adapter_dir} --name "
@@ -59,6 +60,20 @@ def registration_checks(core: Settings, *, force: bool, skip: bool, console: Con
         return {"fidelity": result.model_dump()}
 
     return run
+
+
+def serving_base(check: Any, settings: Settings) -> Any:
+    """The base the adapter will be served on (lorafleet.base_variants.ServingBase): for QLoRA its nf4 twin
+    (CPU) or vLLM's bitsandbytes load of the base (GPU), so the checks measure what the gateway will serve."""
+    from lorafleet.base_variants import serving_base as resolve
+    from lorafleet.base_variants import trained_on
+    from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo
+
+    # The card is not built yet: a stand-in carries what the resolver reads (trained_on).
+    card = AdapterCard(name=check.name, version="v0", base=BaseModelRef(id=str(check.base)),
+                       lora=LoraInfo(rank=1, alpha=1, target_modules=[]),
+                       trained_on=trained_on(check.base, qlora=check.qlora, data_dir=settings.data_dir))
+    return resolve(card, base=check.base, data_dir=settings.data_dir, engine=settings.engine)
 
 
 def fidelity_summary(f: dict[str, Any]) -> str:
