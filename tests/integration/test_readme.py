@@ -301,10 +301,10 @@ def test_data_and_train_tour(tmp_path: Path, tiny_model: Path) -> None:
     counts = {p: len((cwd / "splits" / f"{p}.jsonl").read_text().splitlines()) for p in ("train", "val", "test")}
     assert sum(counts.values()) == len(source.read_text().splitlines()) and counts["train"] > 5 * counts["val"] > 0
 
-    # --skip-fidelity: the fidelity check would start an engine on the tiny random model
-    # (tests/integration/test_fidelity_real.py runs it on the embedded base).
+    # --skip-fidelity, --no-forgetting: those checks would start an engine on the tiny random model
+    # (tests/integration/test_fidelity_real.py and test_forgetting_real.py run them on the embedded base).
     result = json.loads(sh(DATA_TRAIN[3], cwd, append=f"--base {tiny_model} --max-steps 2 --samples 0 "
-                                                      "--no-track --skip-fidelity --json").stdout)
+                                                      "--no-track --skip-fidelity --no-forgetting --json").stdout)
     assert (result["name"], result["version"], result["steps"]) == ("support-intents", "v1", 2)
     card = json.loads(sh(DATA_TRAIN[4], cwd).stdout)
     assert card["name"] == "support-intents" and card["version"] == "v1"
