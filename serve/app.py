@@ -21,7 +21,7 @@ from lorafleet.serve.proxy import Proxy
 from lorafleet.serve.replicas import Replica, ReplicaPool
 from lorafleet.serve.review_grades import ReviewGrades
 from lorafleet.serve.routes import admin, openai, ops
-from lorafleet.serve.routes.http import error_response
+from lorafleet.serve.routes.openai import error_response
 from lorafleet.serve.routing import ReplicaChooser, Router
 from lorafleet.serve.state import GatewayState, base_info
 from lorafleet.serve.upstream import HttpUpstream

@@ -133,7 +133,7 @@ async def test_client_disconnect_cancels_the_upstream_call() -> None:
 
 async def test_stream_released_even_if_the_body_never_starts() -> None:
     from lorafleet.serve.proxy import Stream
-    from lorafleet.serve.routes.http import SseRelay
+    from lorafleet.serve.routes.openai import SseRelay
 
     cleaned = []
 
@@ -157,7 +157,7 @@ async def test_stream_stops_reading_upstream_when_the_client_leaves() -> None:
     """uvicorn (ASGI 2.3) drops sends to a gone client silently: the relay must notice the
     disconnect itself and close the stream, or vLLM keeps generating for nobody."""
     from lorafleet.serve.proxy import Stream
-    from lorafleet.serve.routes.http import SseRelay
+    from lorafleet.serve.routes.openai import SseRelay
 
     cleaned, sent = [], []
     gone = asyncio.Event()
