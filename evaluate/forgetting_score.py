@@ -52,7 +52,8 @@ def summarize(spec: ForgettingSpec, results: RunResults, references: dict) -> Fo
             drop={m: _drop(c) for m in FORGETTING_METRICS if (c := comps.get((name, m))) is not None},
             perplexity=_score(ppl),
             perplexity_ratio=ppl.value / base_ppl.value if ppl and base_ppl and base_ppl.value else None,
-            perplexity_delta=None if ppl_comp is None else Agreement(value=ppl_comp.delta, ci=ppl_comp.ci))
+            perplexity_delta=None if ppl_comp is None else Agreement(value=ppl_comp.delta, ci=ppl_comp.ci),
+            served=target.served_models)
         out.targets[name] = entry
     return out
 
@@ -117,6 +118,8 @@ def card_entry(results: RunResults, target: str, run_path: str) -> dict | None:
     return {"suite": results.suite, "run_id": results.run_id, "path": run_path, "endpoint": results.endpoint,
             "measured_at": results.created_at, "samples": f.samples, "confidence": results.confidence,
             "resamples": results.resamples, "metric": f.metric, "max_drop": f.max_drop, "passed": e.passed,
+            "served": e.served, "base_served": results.targets[BASE].served_models,
+            "lorafleet_version": _version(),
             "agreement": {m: a.model_dump(mode="json") for m, a in e.agreement.items()},
             "drop": {m: a.model_dump(mode="json") for m, a in e.drop.items()},
             "noise_floor": {m: a.model_dump(mode="json") for m, a in f.noise_floor.items()},
@@ -125,6 +128,15 @@ def card_entry(results: RunResults, target: str, run_path: str) -> dict | None:
             "perplexity_ratio": e.perplexity_ratio,
             "references": {k: f.references.get(k) for k in ("key", "base", "generated", "reused", "cached")},
             "warnings": [w for w in results.warnings if w.startswith("forgetting")]}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lorafleet")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def card_lines(entry: dict) -> list[str]:
@@ -142,7 +154,8 @@ def card_lines(entry: dict) -> list[str]:
 
     verdict = {True: "pass", False: "FAIL", None: "no gate"}[entry.get("passed")]
     lines = [f"forgetting: {verdict} (max_drop {entry.get('max_drop')}) on {entry.get('samples')} general prompts, "
-             f"{int(100 * entry.get('confidence', 0.95))}% CI, suite {entry.get('suite')}, run {entry.get('run_id')}",
+             f"{int(100 * entry.get('confidence', 0.95))}% CI, suite {entry.get('suite')}, run {entry.get('run_id')}"
+             + (f", measured on {', '.join(entry['served'])}" if entry.get("served") else ""),
              f"  {m} vs the base's answers {fmt(entry['agreement'].get(m))}, drop {fmt(entry['drop'].get(m), True)}"
              f"; base's own (noise floor) {fmt(entry['noise_floor'].get(m))}",
              f"  exact match {fmt(entry['agreement'].get('exact_match'))}, drop "

@@ -111,6 +111,7 @@ class ForgettingTarget(BaseModel):
     perplexity_ratio: float | None = Field(default=None, description="Adapter's perplexity / the base's.")
     perplexity_delta: Agreement | None = Field(default=None, description="Adapter − base perplexity, paired CI.")
     passed: bool | None = Field(default=None, description="The max_drop gate (None: no gate asked for).")
+    served: list[str] = Field(default_factory=list, description="The exact versions that answered.")
 
 
 class ForgettingResults(BaseModel):
