@@ -184,7 +184,7 @@ def start_vllm(base: Path, adapters: list[Path], *, plugin: bool, omp_bind: str 
         launch.dtype = dtype
     proc = VllmProcess(launch)
     try:
-        proc.wait_ready(900)
+        proc.wait_ready()
         with httpx.Client(base_url=proc.url, headers={"Authorization": f"Bearer {proc.api_key}"}) as client:
             for name, folder in zip(ADAPTERS, adapters, strict=True):
                 client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(folder)},

@@ -156,7 +156,7 @@ def start_vllm(base_name: str) -> tuple[object, str, str]:
     process = VllmProcess(VllmLaunch(model=embedded_base_dir(), served_name=base_name,
                                      log_path=Path(tempfile.gettempdir()) / "bench-serve-vllm.log"))
     print(f"starting vllm-cpu (pid {process.pid}) …", flush=True)
-    process.wait_ready(900)
+    process.wait_ready()
     return process, process.url, process.api_key
 
 

@@ -75,8 +75,7 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
     pool = ReplicaPool(fleet, interval=settings.health_interval)
     chooser = ReplicaChooser(fleet, saturated_at=settings.saturated_at, spread_at=settings.spread_at,
                              vnodes=settings.ring_vnodes)
-    supervisors = [ChildSupervisor(launch, replica, ready_timeout=settings.vllm_ready_timeout)
-                   for launch, replica in zip(launches, fleet, strict=False)]
+    supervisors = [ChildSupervisor(launch, replica) for launch, replica in zip(launches, fleet, strict=False)]
     supervisor = supervisors[0] if len(supervisors) == 1 else ReplicaSet(supervisors) if supervisors else None
     if key_store is None and not settings.no_auth:
         key_store = KeyStore(settings.db_url)
@@ -119,14 +118,7 @@ def _upstreams(settings: ServeSettings, children: int) -> tuple[list[HttpUpstrea
             port = free_port()
         ports.add(port)
         name, log_name = ("local", "vllm.log") if children == 1 else (f"local{i}", f"vllm-{i}.log")
-        launch = VllmLaunch(model=base_dir, served_name=settings.base_name or base_dir.name,
-                            max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank,
-                            max_cpu_loras=max(settings.hot_set, settings.max_loras), kv_cache_gb=settings.kv_cache_gb,
-                            lora_plugin=settings.lora_plugin, omp_bind=settings.vllm_omp_bind,
-                            dtype=settings.vllm_dtype, extra_args=settings.vllm_args,
-                            port=port, log_path=settings.data_dir / "logs" / log_name)
-        if settings.vllm_program:
-            launch.program = list(settings.vllm_program)
+        launch = settings.child_launch(base_dir, settings.base_name or base_dir.name, log_name, port=port)
         upstreams.append(HttpUpstream(name, f"http://127.0.0.1:{launch.port}", launch.api_key, **kwargs))
         launches.append(launch)
     return upstreams, launches

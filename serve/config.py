@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from lorafleet.serve.vllm_child import READY_TIMEOUT_S, VllmLaunch
 from pydantic import Field, SecretStr, field_validator
 
 from lorafleet.config import Settings
@@ -48,7 +49,8 @@ class ServeSettings(Settings):
                                     description="Command that starts vLLM's OpenAI server; default: "
                                                 "this Python's `-m vllm.entrypoints.openai.api_server`.")
     vllm_args: list[str] = Field(default_factory=list, description="Extra arguments for the vLLM child.")
-    vllm_ready_timeout: float = Field(default=900.0, gt=0)
+    vllm_ready_timeout: float = Field(default=READY_TIMEOUT_S, gt=0,
+                                      description="Seconds a vLLM child may take to answer after each start.")
     kv_cache_gb: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU child.")
     vllm_omp_bind: str = Field(default="all", pattern=r"^(all|auto|nobind|[0-9,|-]+)$",
                                description="VLLM_CPU_OMP_THREADS_BIND for the CPU child: all (every usable "
@@ -122,6 +124,18 @@ class ServeSettings(Settings):
     @property
     def spool_path(self) -> Path:
         return self.data_dir / "capture-spool.jsonl"
+
+    def child_launch(self, model: Path, served_name: str, log_name: str, *, port: int,
+                     extra_args: list[str] | None = None) -> VllmLaunch:
+        """How the gateway starts a vLLM child: the one place these settings become a launch line."""
+        launch = VllmLaunch(model=model, served_name=served_name, max_loras=self.max_loras,
+                            max_lora_rank=self.max_lora_rank, max_cpu_loras=max(self.hot_set, self.max_loras),
+                            kv_cache_gb=self.kv_cache_gb, lora_plugin=self.lora_plugin, omp_bind=self.vllm_omp_bind,
+                            dtype=self.vllm_dtype, extra_args=[*self.vllm_args, *(extra_args or [])], port=port,
+                            log_path=self.data_dir / "logs" / log_name, ready_timeout=self.vllm_ready_timeout)
+        if self.vllm_program:
+            launch.program = list(self.vllm_program)
+        return launch
 
     def check(self, *, child: bool = True) -> None:
         """Refuse unsafe combinations before anything starts (`child`: vLLM will be started here)."""

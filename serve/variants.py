@@ -47,15 +47,8 @@ def variant_unavailable(variant: str, why: str) -> ApiError:
 
 def variant_launch(settings: ServeSettings, serving: ServingBase, base_name: str) -> VllmLaunch:
     """The vLLM child for one variant: the gateway's own launch settings on that variant's base folder."""
-    launch = VllmLaunch(model=serving.path, served_name=base_name, max_loras=settings.max_loras,
-                        max_lora_rank=settings.max_lora_rank,
-                        max_cpu_loras=max(settings.hot_set, settings.max_loras), kv_cache_gb=settings.kv_cache_gb,
-                        lora_plugin=settings.lora_plugin, omp_bind=settings.vllm_omp_bind,
-                        dtype=settings.vllm_dtype, extra_args=[*settings.vllm_args, *serving.vllm_args],
-                        port=free_port(), log_path=settings.data_dir / "logs" / f"vllm-{serving.variant}.log")
-    if settings.vllm_program:
-        launch.program = list(settings.vllm_program)
-    return launch
+    return settings.child_launch(serving.path, base_name, f"vllm-{serving.variant}.log", port=free_port(),
+                                 extra_args=serving.vllm_args)
 
 
 StartChild = Callable[[str, ServingBase], Awaitable[tuple[HttpUpstream, ChildSupervisor | None]]]
@@ -148,7 +141,7 @@ class Variants:
                                 request_timeout=self.settings.request_timeout,
                                 connect_timeout=self.settings.connect_timeout)
         watched = _Pending()
-        supervisor = ChildSupervisor(launch, watched, ready_timeout=self.settings.vllm_ready_timeout)
+        supervisor = ChildSupervisor(launch, watched)
         try:
             await supervisor.start()
         except BaseException:

@@ -29,6 +29,8 @@ from lorafleet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+READY_TIMEOUT_S = 900.0  # a CPU child on a busy 2-core machine can take minutes; the one default
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -57,6 +59,7 @@ class VllmLaunch:
     linear falls back to a slow path, ~7x slower than float32 here), else vLLM's own default."""
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
+    ready_timeout: float = READY_TIMEOUT_S  # seconds to wait for /v1/models after each start
     program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "vllm.entrypoints.openai.api_server"])
 
     def command(self) -> list[str]:
@@ -211,8 +214,10 @@ class VllmProcess:
         except httpx.HTTPError:
             return False
 
-    def wait_ready(self, timeout: float = 900.0, on_tick: Callable[[float], None] | None = None) -> None:
-        """Block until the server answers /v1/models; raise ConfigError if it exits or times out."""
+    def wait_ready(self, timeout: float | None = None, on_tick: Callable[[float], None] | None = None) -> None:
+        """Block until the server answers /v1/models; raise ConfigError if it exits or times out
+        (`timeout`: the launch's `ready_timeout` unless given)."""
+        timeout = self.launch.ready_timeout if timeout is None else timeout
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if not self.alive():
@@ -227,7 +232,8 @@ class VllmProcess:
         raise ConfigError(f"vLLM did not become ready within {timeout:.0f}s",
                           hint=f"see its log: {self.launch.log_path}")
 
-    async def wait_ready_async(self, timeout: float = 900.0) -> None:
+    async def wait_ready_async(self, timeout: float | None = None) -> None:
+        timeout = self.launch.ready_timeout if timeout is None else timeout
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if not self.alive():
@@ -267,10 +273,10 @@ class Watched(Protocol):
 class ChildSupervisor:
     """Keeps one vLLM child alive: if it dies, marks the upstream down and restarts it with back-off."""
 
-    def __init__(self, launch: VllmLaunch, replica: Watched, *, ready_timeout: float = 900.0) -> None:
+    def __init__(self, launch: VllmLaunch, replica: Watched, *, ready_timeout: float | None = None) -> None:
         self.launch = launch
         self.replica = replica
-        self.ready_timeout = ready_timeout
+        self.ready_timeout = launch.ready_timeout if ready_timeout is None else ready_timeout
         self.process: VllmProcess | None = None
         self.restarts = 0
         self._task: asyncio.Task[None] | None = None
