@@ -14,8 +14,9 @@ from lorafleet.serve.auth import Authenticator
 from lorafleet.serve.capture import Capture
 from lorafleet.serve.config import ServeSettings
 from lorafleet.serve.drift import DriftMonitor
+from lorafleet.serve.guard import install_guard
 from lorafleet.serve.keys import KeyStore
-from lorafleet.serve.metrics import create_metrics
+from lorafleet.serve.metrics import count_answer, create_metrics
 from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import Proxy
 from lorafleet.serve.replicas import Replica, ReplicaPool
@@ -57,6 +58,7 @@ def create_app(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None 
     for module in (openai, ops, admin):
         app.include_router(module.router)
     _install_error_handlers(app)
+    install_guard(app, state)  # auth of /admin/* and /metrics and the body limit, before any body is read
     return app
 
 
@@ -98,7 +100,8 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
     proxy = Proxy(router=router, chooser=chooser, metrics=metrics, capture=capture,
                   max_in_flight=settings.max_in_flight, drift=drift, variants=variants)
     return GatewayState(settings=settings, registry=registry, router=router, pool=pool, chooser=chooser,
-                        auth=Authenticator(key_store, ttl=settings.key_cache_ttl, no_auth=settings.no_auth),
+                        auth=Authenticator(key_store, ttl=settings.key_cache_ttl, no_auth=settings.no_auth,
+                                           failed_lookups_per_minute=settings.failed_key_lookups_per_minute),
                         metrics=metrics, metrics_registry=metrics_registry, capture=capture, proxy=proxy,
                         key_store=key_store, supervisor=supervisor, base_info=base_info(settings.base_dir),
                         drift=drift, review_grades=grades, variants=variants)
@@ -127,24 +130,33 @@ def _upstreams(settings: ServeSettings, children: int) -> tuple[list[HttpUpstrea
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in OpenAI's shape; nothing internal reaches the client."""
 
+    # Errors raised out of a route (auth, rate limits, bad bodies, unknown routes) never reached the
+    # proxy, which counts the answers it gives: count them here so lorafleet_requests_total has all.
+    def _count(request: Request, status: int) -> None:
+        count_answer(request.app.state.gateway.metrics, request.url.path, status)
+
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> Response:
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        _count(request, exc.status)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        _count(request, 400)
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
         param = ".".join(str(p) for p in err["loc"] if p != "body") or None
         return error_response(ApiError(400, f"invalid request: {param or 'body'}: {err['msg']}", param=param,
                                        code="invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        _count(request, exc.status_code)
         return error_response(ApiError(exc.status_code, str(exc.detail),
                                        code="not_found" if exc.status_code == 404 else None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error")
+        _count(request, 500)
         return error_response(ApiError(500, "internal gateway error (logged)", type_="server_error",
                                        code="internal_error"))
