@@ -22,14 +22,17 @@ class Tolerance(BaseModel):
     max_mean_abs_diff: float = Field(description="Largest mean |Δ logprob| (nats) over the generated tokens.")
 
 
-# Measured on the demo adapters vs the same adapters deliberately mis-served (docs/benchmarks.md,
-# benchmarks/fidelity.py): correctly served, mean |Δ| stays at or under ~0.01 nats in float32 and ~0.06 in
-# bfloat16 with agreement >= 0.97; mis-served (alpha ×2, or lora_B permuted/zeroed), mean |Δ| >= 0.5 and
-# agreement <= 0.8. The limits sit between, with room for bf16's rounding.
+# Measured (benchmarks/fidelity.py, docs/benchmarks.md): 5 adapters (the demo's support-intents, ticket-summaries,
+# contract-clauses and two fixed-answer test adapters), 6 probes x <= 24 greedy tokens each, served right and served
+# wrong (alpha x2, lora_B rows permuted, lora_B zeroed). Served right: mean |Δ| 0.0000 in a float32 engine and at
+# most 0.0101 in bfloat16 (max |Δ| 0.14), agreement >= 0.991. Served wrong: mean |Δ| >= 0.478 (alpha x2 on the
+# pirate adapter) and agreement <= 0.909. Mean |Δ| is what separates them; its limit sits ~5x under the smallest
+# wrong serving and 10x over bf16's worst rounding. Agreement >= 0.9 is a floor for short probes, where one
+# near-tie flip is already 5% of 20 tokens.
 TOLERANCES: dict[str, Tolerance] = {
-    "float32": Tolerance(min_agreement=0.95, max_mean_abs_diff=0.05),
-    "bfloat16": Tolerance(min_agreement=0.9, max_mean_abs_diff=0.2),
-    "float16": Tolerance(min_agreement=0.9, max_mean_abs_diff=0.2),
+    "float32": Tolerance(min_agreement=0.9, max_mean_abs_diff=0.05),
+    "bfloat16": Tolerance(min_agreement=0.9, max_mean_abs_diff=0.1),
+    "float16": Tolerance(min_agreement=0.9, max_mean_abs_diff=0.1),
 }
 
 
