@@ -156,6 +156,9 @@ def import_(
                                                         "(recorded on the card).")] = False,
     skip_fidelity: Annotated[bool, typer.Option("--skip-fidelity", help="Register without the engine check "
                                                                         "(recorded on the card).")] = False,
+    engine_url: Annotated[str | None, typer.Option(
+        help="A running vLLM to check in [LORAFLEET_ENGINE_URL; its key only from LORAFLEET_ENGINE_API_KEY]; "
+             "default: start one for the check.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register an existing PEFT LoRA folder as a new immutable version, after the servability checks and the
@@ -164,7 +167,7 @@ def import_(
 
     validate_name(name)
     info = inspect_peft_dir(peft_dir)
-    settings = EngineSettings.from_core(settings_from(ctx))
+    settings = EngineSettings.from_core(settings_from(ctx)).with_overrides(engine_url=engine_url)
     base_dir = import_base(base, info, settings.base_dir)
     # Before any engine: what vLLM would refuse or ignore, against the base's files when there is one.
     check_servable(info, max_lora_rank=settings.max_lora_rank, base_dir=base_dir)
