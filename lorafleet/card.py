@@ -86,6 +86,12 @@ class AdapterCard(BaseModel):
                     "perplexity on the base's answers, the max_drop gate, n, suite, run and engine. Written by "
                     "`train` (a time-boxed subset) and by `eval run` of a forgetting suite; empty if never measured.")
 
+    decisions: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Promotion decisions about this version, oldest first (lorafleet.promotion.decisions.Decision): "
+                    "promoted, refused, rolled_back, finished — when, who, alias, percent, the checks and the evidence "
+                    "ids they read, and the policy's sha256.")
+
     @property
     def served_name(self) -> str:
         """The immutable name an engine serves this version under."""
@@ -93,4 +99,4 @@ class AdapterCard(BaseModel):
 
 
 # Fields that may change after a version is created: what we learn about it later.
-MUTABLE_CARD_FIELDS = frozenset({"metrics", "eval_runs", "review", "notes", "forgetting"})
+MUTABLE_CARD_FIELDS = frozenset({"metrics", "eval_runs", "review", "notes", "forgetting", "decisions"})

@@ -104,6 +104,7 @@ class Registry:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()  # vLLM resolves adapter paths in its own cwd
+        self._locks: dict[str, FileLock] = {}
 
     # ---- paths and locks -------------------------------------------------------------------
     def _adapter_dir(self, name: str) -> Path:
@@ -113,9 +114,17 @@ class Registry:
         return self._adapter_dir(name) / validate_version(version)
 
     def _lock(self, name: str) -> FileLock:
-        lock_dir = self.root / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(lock_dir / f"{validate_name(name)}.lock"), timeout=120)
+        # One lock object per name and registry, so a caller holding `lock(name)` may call set_alias or
+        # update_card_with inside it (the same FileLock re-enters; a second object on the file would deadlock).
+        if name not in self._locks:
+            lock_dir = self.root / ".locks"
+            lock_dir.mkdir(parents=True, exist_ok=True)
+            self._locks[name] = FileLock(str(lock_dir / f"{validate_name(name)}.lock"), timeout=120)
+        return self._locks[name]
+
+    def lock(self, name: str) -> FileLock:
+        """The adapter's registry lock, for read-check-write steps across files (compare-and-set)."""
+        return self._lock(name)
 
     # ---- reading ---------------------------------------------------------------------------
     def names(self) -> list[str]:
