@@ -5,12 +5,11 @@ from lorafleet.promotion.actions import (
     PromotionRefused,
     finish,
     promote,
-    record_probe_warning,
-    rollback,
     what_is_left,
 )
 from lorafleet.promotion.canary_state import CanaryState, active_canaries, record_progress
 from lorafleet.promotion.decisions import Check, Decision, count_decisions, who_am_i
 
+# The gateway imports `from lorafleet.promotion.rollback import rollback, record_probe_warning`.
 __all__ = ["CanaryState", "Check", "Decision", "Outcome", "PromotionRefused", "active_canaries", "count_decisions",
-           "finish", "promote", "record_probe_warning", "record_progress", "rollback", "what_is_left", "who_am_i"]
+           "finish", "promote", "record_progress", "what_is_left", "who_am_i"]
