@@ -79,8 +79,9 @@ class Replica:
                 if not self._adapter_in_flight[served]:
                     del self._adapter_in_flight[served]
 
-    async def check(self) -> None:
-        """One health check: up when /v1/models answers; ready once lost adapters are replayed."""
+    async def check(self, *, queue: bool = True) -> None:
+        """One health check: up when /v1/models answers; ready once lost adapters are replayed.
+        `queue`: also read vLLM's waiting queue (only routing between replicas needs it)."""
         try:
             ids = await self.upstream.model_ids()
         except UpstreamError as exc:
@@ -89,7 +90,8 @@ class Replica:
             self.mark_down()
             return
         self.up = True
-        self.waiting = await self.upstream.waiting_requests() or 0
+        if queue:
+            self.waiting = await self.upstream.waiting_requests() or 0
         await self.hot.replay(ids)
         self.ready = True
 
@@ -111,7 +113,8 @@ class ReplicaPool:
 
     async def check_all(self) -> None:
         for replica in self.replicas:
-            await replica.check()
+            # vLLM's /metrics page is large: read the queue only where there is a choice to make
+            await replica.check(queue=sum(r.variant == replica.variant for r in self.replicas) > 1)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
