@@ -144,6 +144,100 @@ def rm(
     console.print(f"removed {parse_ref(ref).name} {', '.join(removed)}")
 
 
+@app.command()
+def promote(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="The exact version: name@v3 (or name@latest).")],
+    to: Annotated[str, typer.Option("--to", metavar="ALIAS", help="The alias to move, e.g. prod.")],
+    canary: Annotated[float | None, typer.Option(
+        "--canary", metavar="PERCENT", help="Send PERCENT of the alias's traffic to it (sticky per user); the "
+                                            "gateway watches it against the stable version and rolls it back "
+                                            "on a breach.")] = None,
+    finish: Annotated[bool, typer.Option("--finish", help="Move a canary that passed its window to 100%.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Promote although evidence is missing or failed "
+                                                        "(needs --reason; recorded).")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded on the decision).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move an alias to a version only on the evidence its promotion policy asks for; every decision is
+    recorded on the card. Refused: each missing or failed item is listed, exit 1, the alias untouched."""
+    from lorafleet.cli.promotion_view import print_checks
+    from lorafleet.promotion import PromotionRefused, who_am_i
+    from lorafleet.promotion import finish as finish_canary
+    from lorafleet.promotion import promote as promote_version
+
+    registry = _registry(ctx)
+    who = who_am_i()
+    try:
+        if finish:
+            if canary is not None or force:
+                raise RegistryError("--finish takes no --canary or --force",
+                                    hint=f"lorafleet adapters promote {ref} --to {to} --finish")
+            outcome = finish_canary(registry, ref, to, who=who)
+        else:
+            outcome = promote_version(registry, ref, to, who=who, canary=canary, force=force, reason=reason)
+    except PromotionRefused as exc:
+        if as_json and exc.decision is not None:
+            print_json(exc.decision.model_dump(mode="json"))
+        elif exc.decision is not None and exc.decision.checks:
+            print_checks(err_console, f"evidence for {exc.decision.ref} → {to} (policy "
+                                      f"{(exc.decision.policy_sha256 or '')[:12]}):", exc.decision.checks)
+        raise
+    d = outcome.decision
+    if as_json:
+        print_json(d.model_dump(mode="json"))
+        return
+    if outcome.checks:
+        print_checks(console, f"evidence for {d.ref} → {to} (policy {outcome.policy.source if outcome.policy else '-'}"
+                              f", sha256 {(d.policy_sha256 or '')[:12]}):", outcome.checks)
+    if d.forced:
+        console.print(f"[yellow]forced:[/] {d.reason}", highlight=False)
+    if d.kind == "finished":
+        console.print(f"{d.ref} finished its canary: {registry_name(d.ref)}@{to} → {d.ref.partition('@')[2]} (100%)",
+                      highlight=False)
+    elif outcome.canary is not None:
+        c = outcome.canary
+        console.print(f"{registry_name(d.ref)}@{to} → {c.split} (canary {c.percent:g}% on {c.canary} vs "
+                      f"{c.stable}; window {c.window.min_seconds:g} s, {c.window.min_samples} samples per signal)",
+                      highlight=False)
+    else:
+        console.print(f"{registry_name(d.ref)}@{to} → {d.ref.partition('@')[2]} (was {d.previous or 'unset'})",
+                      highlight=False)
+
+
+def registry_name(ref: str) -> str:
+    return ref.partition("@")[0]
+
+
+@app.command()
+def policy(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    set_: Annotated[Path | None, typer.Option("--set", metavar="FILE", help="Validate FILE and make it the "
+                                                                           "policy of NAME.")] = None,
+    default: Annotated[bool, typer.Option("--default", help="Print the built-in default policy.")] = False,
+    show_: Annotated[bool, typer.Option("--show", help="Print the policy in force (the default action).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show or set the promotion policy of an adapter name (YAML in the registry; the default when none)."""
+    from lorafleet.promotion.policy import DEFAULT_POLICY, load_policy, set_policy
+
+    registry = _registry(ctx)
+    if default:
+        typer.echo(DEFAULT_POLICY, nl=False)
+        return
+    loaded = set_policy(registry, name, set_) if set_ is not None else load_policy(registry, name)
+    if set_ is None:
+        registry.versions(name)
+    if as_json:
+        print_json({"name": name, "source": loaded.source, "sha256": loaded.sha256,
+                    "policy": loaded.policy.model_dump(mode="json")})
+        return
+    verb = "set" if set_ is not None else "in force"
+    err_console.print(f"# policy of {name} {verb}: {loaded.source} (sha256 {loaded.sha256[:12]})", highlight=False)
+    typer.echo(loaded.text, nl=False)
+
+
 @app.command("import")
 def import_(
     ctx: typer.Context,
