@@ -118,8 +118,9 @@ def evaluate(task: str, data_dir: Path, prompts: int, out: Path | None, extra: d
             else:
                 info_task = {"base": {m: s.value for m, s in results.targets["base"].metrics.items()},
                              "seconds": seconds, "samples": results.samples}
+        timing = train_step_seconds(engine, on_task[0], adapters[on_task[0]], base, data_dir)
     report = {"task": task, "engine_dtype": engine.dtype, "engine_start_s": engine.start_s, "forgetting": info,
-              "task_suite": info_task, "adapters": rows}
+              "task_suite": info_task, "train_step": timing, "adapters": rows}
     text = json.dumps(report, indent=2)
     if out:
         out.write_text(text)
@@ -144,6 +145,21 @@ def table(report: dict) -> str:
         lines.append(f"| {name} | {score} | {a['value']:.3f} | {d['value']:+.3f} {ci(d['ci'], True)} | "
                      f"{em['value']:.3f} | {ratio} | {'pass' if f['passed'] else 'fail'} |")
     return "\n".join(lines)
+
+
+def train_step_seconds(engine: object, name: str, folder: Path, base: Path, data_dir: Path) -> dict:
+    """What `train`'s forgetting step costs in this engine: first (the base's answers made) and reused."""
+    from types import SimpleNamespace
+
+    from lorafleet.cli.forgetting import TRAIN_PROMPTS, ForgettingSettings, train_forgetting
+
+    settings = ForgettingSettings(data_dir=data_dir / "train-step", forgetting_prompts=TRAIN_PROMPTS,
+                                  forgetting_suite=REPO / "examples" / "forgetting" / "suite.yaml")
+    check = SimpleNamespace(name=name.split("@")[0], adapter_dir=folder, base=base, qlora=False, probes=[])
+    first = train_forgetting(check, engine, settings)["forgetting"]
+    again = train_forgetting(check, engine, settings)["forgetting"]
+    return {"prompts": TRAIN_PROMPTS, "first_s": first["seconds"], "reused_s": again["seconds"],
+            "first_generated": first["references"]["generated"], "drop": again["drop"]}
 
 
 def main() -> None:

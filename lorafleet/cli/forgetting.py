@@ -22,7 +22,7 @@ SUITE = Path("examples/forgetting/suite.yaml")  # relative to the working direct
 # 60 of the 300 prompts (interleaved: 12 of each kind) at the suite's 32 tokens: on the demo's 2-core CPU the
 # check costs ~20-30 s per adapter (the first one also generates the base's answers); docs/benchmarks.md.
 TRAIN_PROMPTS = 60
-CONCURRENCY = 16  # base and adapter answered in the same batches
+CONCURRENCY = 32  # base and adapter answered in the same batches (vLLM batches them together)
 
 
 class ForgettingSettings(EngineSettings):
