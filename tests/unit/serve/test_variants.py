@@ -172,3 +172,17 @@ def test_bad_variant_upstream_flags(item: str) -> None:
         ServeSettings(variant_upstreams=[item])
     assert ServeSettings(variant_upstreams=["nf4=http://a", "nf4=http://b"]).variant_upstream_urls() == {
         "nf4": ["http://a", "http://b"]}
+
+
+async def test_admin_load_of_a_qlora_adapter_goes_to_its_variant_or_is_refused(
+        settings: ServeSettings, fake: FakeUpstream, key_store: KeyStore, registry: Registry) -> None:
+    async with running(settings, fake, key_store) as gw:
+        headers = {"Authorization": f"Bearer {gw.admin}"}
+        resp = await gw.client.post("/admin/adapters/load", json={"model": "clauses-q"}, headers=headers)
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "variant_unavailable"
+        nf4 = FakeUpstream(BASE, api_key="upstream-key")
+        await gw.state.variants.attach(HttpUpstream("nf4-0", "http://nf4", "upstream-key",
+                                                    transport=nf4.transport()), "nf4").check()
+        resp = await gw.client.post("/admin/adapters/load", json={"model": "clauses-q"}, headers=headers)
+        assert resp.status_code == 200, resp.text
+        assert set(nf4.loaded) == {"clauses-q@v1"} and not fake.loaded
