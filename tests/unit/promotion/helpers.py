@@ -39,8 +39,8 @@ def set_card_field(registry: Registry, ref: str, **fields: Any) -> None:
     path.write_text(json.dumps(data))
 
 
-def write_run(root: Path, run_id: str, suite: str, scores: dict[str, list[float]], *, passed: dict[str, bool] | None = None,
-              metric: str = "accuracy", samples: int | None = None) -> Path:
+def write_run(root: Path, run_id: str, suite: str, scores: dict[str, list[float]], *,
+              passed: dict[str, bool] | None = None, metric: str = "accuracy", samples: int | None = None) -> Path:
     """A run folder: target → per-sample scores of `metric` (sample i is the same prompt in every run)."""
     path = root / run_id
     path.mkdir(parents=True)

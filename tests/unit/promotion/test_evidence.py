@@ -39,7 +39,8 @@ def test_full_evidence_promotes_and_records_the_decision(registry: Registry, tmp
     card = registry.card("intents", v)
     assert [d["kind"] for d in card.decisions] == ["promoted"]
     d = card.decisions[0]
-    assert d["who"] == "tester" and d["evidence"]["eval_runs"] == ["forgetting-1", "intents-v1"] and len(d["policy_sha256"]) == 64
+    assert d["who"] == "tester" and len(d["policy_sha256"]) == 64
+    assert d["evidence"]["eval_runs"] == ["forgetting-1", "intents-v1"]
     assert d["evidence"]["forgetting"] == "forgetting-1"
     assert all(c.ok for c in out.checks)
     assert [j.kind for j in journal(registry, "intents")] == ["promoted"]
@@ -113,7 +114,8 @@ def test_gain_on_too_few_shared_samples_refuses(registry: Registry, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("fidelity", "needle"), [
-    ({"passed": False, "forced": True, "token_agreement": 0.5, "mean_abs_logprob_diff": 0.9}, "failed (registered with --force)"),
+    ({"passed": False, "forced": True, "token_agreement": 0.5, "mean_abs_logprob_diff": 0.9},
+     "failed (registered with --force)"),
     ({"skipped": "--skip-fidelity"}, "skipped (--skip-fidelity)"),
     ({}, "not checked"),
 ])
