@@ -120,16 +120,19 @@ class EngineSession:
 @contextmanager
 def engine_session(base_dir: Path, settings: EngineSettings, *, adapters: dict[str, Path] | None = None,
                    console: Console | None = None, log_path: Path | None = None,
-                   vllm_args: list[str] | None = None) -> Iterator[EngineSession]:
+                   vllm_args: list[str] | None = None, max_loras: int | None = None) -> Iterator[EngineSession]:
     """The engine for one block: LORAFLEET_ENGINE_URL reused if set, else one vLLM child, stopped at the end.
 
-    `vllm_args`: extra launcher arguments for a started engine (e.g. a variant's `--quantization …`)."""
+    `vllm_args`: extra launcher arguments for a started engine (e.g. a variant's `--quantization …`);
+    `max_loras`: its --max-loras (default: one per adapter in `adapters`, at least 1)."""
     adapters = adapters or {}
     process = None
+    # An engine that needs launch flags (a variant's bitsandbytes load) is never reused: its flags are unknown.
     session = reuse_engine(settings.engine_url.rstrip("/"), settings, base_dir, console) \
-        if settings.engine_url else None
+        if settings.engine_url and not vllm_args else None
     if session is None:
-        process, session = start_engine(base_dir, settings, max_loras=max(1, len(adapters)), console=console,
+        process, session = start_engine(base_dir, settings, max_loras=max_loras or max(1, len(adapters)),
+                                        console=console,
                                         log_path=log_path or settings.data_dir / "logs" / "engine-session.log",
                                         vllm_args=vllm_args or [])
     try:
