@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from lorafleet.serve.auth import Authenticator
+from lorafleet.serve.canary import CanaryWatcher
 from lorafleet.serve.capture import Capture
 from lorafleet.serve.config import ServeSettings
 from lorafleet.serve.drift import DriftMonitor
@@ -97,14 +99,18 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
     # QLoRA adapters go to replicas of their own base variant, started on first use (serve/variants.py)
     variants = Variants(settings, pool=pool, chooser=chooser, metrics=metrics, base_name=base_name,
                         children=bool(launches))
+    canary = CanaryWatcher(registry, metrics_registry, interval=settings.canary_interval,
+                           who=f"gateway:{socket.gethostname()}:{settings.port}", review_url=settings.review_url,
+                           review_token=token, review_queue=settings.review_queue,
+                           review_transport=review_transport) if settings.canary_watch else None
     proxy = Proxy(router=router, chooser=chooser, metrics=metrics, capture=capture,
-                  max_in_flight=settings.max_in_flight, drift=drift, variants=variants)
+                  max_in_flight=settings.max_in_flight, drift=drift, variants=variants, canary=canary)
     return GatewayState(settings=settings, registry=registry, router=router, pool=pool, chooser=chooser,
                         auth=Authenticator(key_store, ttl=settings.key_cache_ttl, no_auth=settings.no_auth,
                                            failed_lookups_per_minute=settings.failed_key_lookups_per_minute),
                         metrics=metrics, metrics_registry=metrics_registry, capture=capture, proxy=proxy,
                         key_store=key_store, supervisor=supervisor, base_info=base_info(settings.base_dir),
-                        drift=drift, review_grades=grades, variants=variants)
+                        drift=drift, review_grades=grades, variants=variants, canary=canary)
 
 
 def _upstreams(settings: ServeSettings, children: int) -> tuple[list[HttpUpstream], list[VllmLaunch]]:

@@ -91,6 +91,12 @@ class ServeSettings(Settings):
                                                    "prompt shares this MinHash word-set Jaccard with it.")
     drift_train_max: int = Field(default=5000, ge=10,
                                  description="LORAFLEET_DRIFT_TRAIN_MAX: training prompts indexed per version.")
+    # Canary watch (serve/canary.py): the window and thresholds come from the canary record (the policy).
+    canary_watch: bool = Field(default=True, description="LORAFLEET_CANARY_WATCH: compare running canaries with "
+                                                         "their stable versions and roll a breaching one back.")
+    canary_interval: float = Field(default=10.0, ge=0,
+                                   description="LORAFLEET_CANARY_INTERVAL: seconds between the watcher's rounds "
+                                               "(read the canaries, judge, record progress); 0: no rounds.")
     review_poll_interval: float = Field(default=60.0, ge=0,
                                         description="LORAFLEET_REVIEW_POLL_INTERVAL: seconds between reads of the "
                                                     "capture queue's grades (needs the admin token); 0: off.")

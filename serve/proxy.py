@@ -32,6 +32,7 @@ from lorafleet.serve.upstream import Answer, UpstreamError
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from lorafleet.serve.canary import CanaryWatcher
     from lorafleet.serve.variants import Variants
 
 # Failures before the upstream answered anything: the request never ran there, or died with the
@@ -104,6 +105,7 @@ class Call:
     drift_text: bool = False  # collect the output text for drift (label tasks: the INVALID rate)
     completion_tokens: int | None = None  # from the upstream's usage, for drift's output length
     texts: list[str] = field(default_factory=list)  # streamed output text, when captured or drifted
+    output: str | None = None  # the whole output text once known (when collected), for the canary watcher
 
 
 class Failure(enum.Enum):
@@ -142,8 +144,10 @@ class Proxy:
     """Forwards OpenAI requests to the right replica with the right adapter loaded."""
 
     def __init__(self, *, router: Router, chooser: ReplicaChooser, metrics: Metrics, capture: Capture,
-                 max_in_flight: int, drift: DriftMonitor | None = None, variants: Variants | None = None) -> None:
+                 max_in_flight: int, drift: DriftMonitor | None = None, variants: Variants | None = None,
+                 canary: CanaryWatcher | None = None) -> None:
         self.router = router
+        self.canary = canary  # counts outcomes of canary versions (serve/canary.py)
         self.variants = variants  # replicas of other base variants (QLoRA's nf4), started on first use
         self.chooser = chooser
         self.metrics = metrics
@@ -217,6 +221,8 @@ class Proxy:
                     observed and self.capture.wants(target.adapter), injected=injected)
         if observed and self.drift is not None and not target.is_base:
             call.drift_text = self.drift.wants_text(target.adapter, target.version)
+        if observed and self.canary is not None and self.canary.wants_text(target.adapter, target.version):
+            call.drift_text = True  # a canary of a label task: its INVALID rate needs the text
         return call
 
     # ---- the attempt loop ------------------------------------------------------------------
@@ -290,6 +296,8 @@ class Proxy:
         labels = (call.target.adapter, call.target.version)
         self.metrics.requests.labels(*labels, call.endpoint.name, str(call.status)).inc()
         self.metrics.duration.labels(*labels, call.endpoint.name).observe(time.perf_counter() - call.start)
+        if self.canary is not None and not call.target.is_base:
+            self.canary.record(call.target.adapter, call.target.version, call.status, call.output)
 
     # ---- non-streaming ---------------------------------------------------------------------
     async def _complete(self, call: Call) -> Completed:
@@ -336,6 +344,7 @@ class Proxy:
 
     def _observe(self, call: Call, text: str | None) -> None:
         """Hand a finished adapter request to drift (a queue append; the work happens off the request path)."""
+        call.output = text if call.drift_text else None
         if self.drift is not None and not call.target.is_base and call.endpoint.prompt_field is not None:
             self.drift.observe(call.target.adapter, call.target.version, call.body.get(call.endpoint.prompt_field),
                                text if call.drift_text else None, call.completion_tokens)

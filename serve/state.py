@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.serve.auth import Authenticator
+from lorafleet.serve.canary import CanaryWatcher
 from lorafleet.serve.capture import Capture
 from lorafleet.serve.config import ServeSettings
 from lorafleet.serve.drift import DriftMonitor
@@ -49,6 +50,7 @@ class GatewayState:
     drift: DriftMonitor | None = None
     review_grades: ReviewGrades | None = None
     variants: Variants | None = None  # replicas of other base variants (nf4 for QLoRA adapters)
+    canary: CanaryWatcher | None = None  # watches running canaries, rolls a breaching one back
 
     async def start(self) -> None:
         if self.supervisor is not None:
@@ -63,8 +65,12 @@ class GatewayState:
             self.drift.start()
         if self.review_grades is not None:
             self.review_grades.start()
+        if self.canary is not None:
+            self.canary.start()
 
     async def stop(self) -> None:
+        if self.canary is not None:
+            await self.canary.stop()
         await self.capture.stop()
         if self.review_grades is not None:
             await self.review_grades.stop()

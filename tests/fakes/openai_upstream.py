@@ -54,6 +54,7 @@ class FakeUpstream:
         self.load_delay = 0.0
         self.fail_loads = False
         self.same_output = False  # every model answers alike (a no-op adapter, for the probe)
+        self.model_replies: dict[str, Reply] = {}  # served name -> its answer, every time (queued replies first)
         self._lock = threading.Lock()
         self._gate = threading.Event()
         self.gate_timeout = 10.0
@@ -103,6 +104,8 @@ class FakeUpstream:
         with self._lock:
             if self.replies:
                 return self.replies.popleft()
+            if model in self.model_replies:
+                return self.model_replies[model]
         return Reply("same answer" if self.same_output else f"{model} says hi")
 
     def _build(self) -> FastAPI:
