@@ -22,6 +22,7 @@ from lorafleet.serve.metrics import count_answer, create_metrics
 from lorafleet.serve.protocol import ApiError
 from lorafleet.serve.proxy import Proxy
 from lorafleet.serve.replicas import Replica, ReplicaPool
+from lorafleet.serve.residency import ResidencyCollector
 from lorafleet.serve.review_grades import ReviewGrades
 from lorafleet.serve.routes import admin, openai, ops
 from lorafleet.serve.routes.openai import error_response
@@ -79,6 +80,8 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
     pool = ReplicaPool(fleet, interval=settings.health_interval)
     chooser = ReplicaChooser(fleet, saturated_at=settings.saturated_at, spread_at=settings.spread_at,
                              vnodes=settings.ring_vnodes)
+    chooser.on_decision = lambda replica, why: metrics.routing_decisions.labels(replica, why).inc()
+    metrics_registry.register(ResidencyCollector(registry, pool.replicas))  # computed at each scrape
     supervisors = [ChildSupervisor(launch, replica) for launch, replica in zip(launches, fleet, strict=False)]
     supervisor = supervisors[0] if len(supervisors) == 1 else ReplicaSet(supervisors) if supervisors else None
     if key_store is None and not settings.no_auth:

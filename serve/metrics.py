@@ -33,6 +33,7 @@ class Metrics:
     adapter_load_seconds: Histogram
     hot_set_size: Gauge
     upstream_up: Gauge
+    routing_decisions: Counter
     probe_warnings: Counter
     capture_sent: Counter
     capture_spooled: Counter
@@ -75,6 +76,11 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
                            registry=registry),
         upstream_up=Gauge("lorafleet_upstream_up", "1 when the upstream answers and is ready.", ["upstream"],
                           registry=registry),
+        # decision: base | home | spread | spill (serve/routing.py ReplicaChooser): a fixed set
+        routing_decisions=Counter("lorafleet_routing_decisions_total",
+                                  "Replica choices by chosen upstream and why: base (least loaded), home (the "
+                                  "adapter's ring home), spread (a hot adapter shared with the next replica), "
+                                  "spill (home down or saturated).", ["upstream", "decision"], registry=registry),
         probe_warnings=Counter("lorafleet_probe_warnings_total",
                                "Adapters whose probe output equals the base's (likely a no-op adapter).",
                                ["adapter", "version"], registry=registry),

@@ -39,6 +39,7 @@ class Replica:
         self.up = False
         self.ready = False  # up and its adapters replayed
         self.waiting = 0  # vllm:num_requests_waiting from its /metrics at the last health check
+        self.vllm_models: frozenset[str] | None = None  # what /v1/models listed at the last check (residency)
         self._in_flight = 0
         self._adapter_in_flight: collections.Counter[str] = collections.Counter()
         self.hot = HotSet(upstream, self._adapter_in_flight, capacity=hot_set, metrics=metrics,
@@ -90,6 +91,7 @@ class Replica:
             self.mark_down()
             return
         self.up = True
+        self.vllm_models = frozenset(ids)
         if queue:
             self.waiting = await self.upstream.waiting_requests() or 0
         await self.hot.replay(ids)

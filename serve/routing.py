@@ -93,6 +93,8 @@ class ReplicaChooser:
         # an adapter with this many requests in flight on its home also goes to a second replica
         self.spread_at = spread_at
         self.ring = HashRing([r.name for r in replicas], vnodes=vnodes)
+        # (replica name, "base" | "home" | "spread" | "spill") after each pick: the routing counter
+        self.on_decision: Callable[[str, str], None] | None = None
 
     def load(self, replica: Replica) -> int:
         """How busy a replica is: requests the gateway has in flight there plus vLLM's own queue."""
@@ -107,7 +109,14 @@ class ReplicaChooser:
         return [by_name[n] for n in self.ring.preference(served_name) if n in by_name]
 
     def pick(self, target: Target) -> Replica:
-        """The replica for one request.
+        """The replica for one request (see `_choose`); the decision is reported to `on_decision`."""
+        replica, decision = self._choose(target)
+        if self.on_decision is not None:
+            self.on_decision(replica.name, decision)
+        return replica
+
+    def _choose(self, target: Target) -> tuple[Replica, str]:
+        """The replica for one request and why: base, home, spread or spill.
 
         Base requests: the least-loaded ready replica. Adapters: their home on the hash ring when
         it is ready and not saturated, shared with the next ready replica in ring order once the
@@ -120,21 +129,21 @@ class ReplicaChooser:
             what = "" if target.variant == DEFAULT_VARIANT else f" for base variant {target.variant!r}"
             raise UpstreamError(f"no upstream{what} is ready (vLLM is starting or restarting)", status=503)
         if target.is_base:
-            return min(ready, key=self.load)
+            return min(ready, key=self.load), "base"
         served = target.served_name
         order = self.home_order(served, target.variant)
         home = order[0]
         if home.ready and not self.saturated(home):
             if home.adapter_in_flight.get(served, 0) < self.spread_at:
-                return home
+                return home, "home"
             second = next((r for r in order[1:] if r.ready and not self.saturated(r)), None)
             if second is None:
-                return home
+                return home, "home"
             # a hot adapter: home and its ring successor share it, whichever has fewer of it
-            return min((home, second), key=lambda r: (r.adapter_in_flight.get(served, 0), self.load(r)))
+            return min((home, second), key=lambda r: (r.adapter_in_flight.get(served, 0), self.load(r))), "spread"
         open_ = [r for r in ready if not self.saturated(r)] or ready
         holding = [r for r in open_ if r.hot.holds(served)]
-        return min(holding or open_, key=self.load)
+        return min(holding or open_, key=self.load), "spill"
 
 
 class HashRing:

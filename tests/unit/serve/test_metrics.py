@@ -19,6 +19,7 @@ EXPECTED = {
     "lorafleet_adapter_load_seconds": ("histogram", set()),
     "lorafleet_hot_set_size": ("gauge", {"upstream"}),
     "lorafleet_upstream_up": ("gauge", {"upstream"}),
+    "lorafleet_routing_decisions_total": ("counter", {"upstream", "decision"}),
     "lorafleet_probe_warnings_total": ("counter", {"adapter", "version"}),
     "lorafleet_capture_sent_total": ("counter", set()),
     "lorafleet_capture_spooled_total": ("counter", set()),
