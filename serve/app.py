@@ -30,7 +30,7 @@ from lorafleet.serve.routing import ReplicaChooser, Router
 from lorafleet.serve.state import GatewayState, base_info
 from lorafleet.serve.upstream import HttpUpstream
 from lorafleet.serve.variants import Variants, router_variant
-from lorafleet.serve.vllm_child import ChildSupervisor, ReplicaSet, VllmLaunch, free_port
+from lorafleet.serve.vllm_child import ChildSupervisor, ReplicaSet, VllmLaunch, free_port, split_binds
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -124,6 +124,7 @@ def _upstreams(settings: ServeSettings, children: int) -> tuple[list[HttpUpstrea
         return [HttpUpstream(f"u{i}", url, key, **kwargs) for i, url in enumerate(settings.upstreams)], []
     base_dir = settings.base_dir.resolve()
     upstreams, launches, ports = [], [], set()
+    binds = split_binds(settings.vllm_omp_bind, children)  # "all": each child its own share of the cores
     for i in range(children):
         port = free_port()
         while port in ports:  # free_port() may hand out a just-released port again
@@ -131,6 +132,7 @@ def _upstreams(settings: ServeSettings, children: int) -> tuple[list[HttpUpstrea
         ports.add(port)
         name, log_name = ("local", "vllm.log") if children == 1 else (f"local{i}", f"vllm-{i}.log")
         launch = settings.child_launch(base_dir, settings.base_name or base_dir.name, log_name, port=port)
+        launch.omp_bind = binds[i]
         upstreams.append(HttpUpstream(name, f"http://127.0.0.1:{launch.port}", launch.api_key, **kwargs))
         launches.append(launch)
     return upstreams, launches

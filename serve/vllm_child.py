@@ -146,6 +146,24 @@ def omp_env(bind: str, env: dict[str, str]) -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": bind}
 
 
+def split_binds(bind: str, children: int, cpus: list[int] | None = None) -> list[str]:
+    """One VLLM_CPU_OMP_THREADS_BIND per child. With "all", the usable CPUs are split into
+    `children` disjoint runs (children bound to the same cores would fight over them; more
+    children than CPUs share them round-robin); any other setting is given to every child as is."""
+    if bind != "all" or children <= 1:
+        return [bind] * children
+    cpus = sorted(cpus if cpus is not None else usable_cpus())
+    if children >= len(cpus):
+        return [str(cpus[i % len(cpus)]) for i in range(children)]
+    share, extra = divmod(len(cpus), children)
+    binds, start = [], 0
+    for i in range(children):
+        size = share + (1 if i < extra else 0)
+        binds.append(cpu_list(cpus[start:start + size]))
+        start += size
+    return binds
+
+
 def usable_cpus() -> list[int]:
     """CPU ids this process may run on (its affinity mask, which containers and taskset narrow)."""
     if hasattr(os, "sched_getaffinity"):
