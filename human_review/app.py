@@ -11,14 +11,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from lorafleet.human_review import db
+from lorafleet.human_review.card_review import CardWriter
 from lorafleet.human_review.deps import LoginRequired
 from lorafleet.human_review.errors import ReviewError
 from lorafleet.human_review.middleware import BodyLimit, TrustedProxies
 from lorafleet.human_review.security import LoginLimiter
 from lorafleet.human_review.settings import ReviewSettings
 from lorafleet.human_review.templating import make_templates
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+
+from lorafleet.errors import ConfigError
+from lorafleet.registry import Registry
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -40,22 +45,44 @@ def admin_token(settings: ReviewSettings) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+def card_writer(settings: ReviewSettings, factory: sessionmaker[Session]) -> CardWriter | None:
+    """The card.review writer on the configured registry; None (said once, here) when none is configured."""
+    if settings.review_registry is None:
+        log.warning("card.review: no registry configured (LORAFLEET_REVIEW_REGISTRY / --registry): grades are "
+                    "not written to adapter cards; `lorafleet review sync-cards` can write them later")
+        return None
+    root = Path(settings.review_registry)
+    if not root.is_dir():
+        raise ConfigError(f"review registry {root} is not a directory",
+                          hint="point LORAFLEET_REVIEW_REGISTRY (--registry) at the adapters' registry, "
+                               "e.g. <data-dir>/registry")
+    log.info("card.review: writing grades summaries to the cards in %s", root)
+    return CardWriter(factory, Registry(root), interval=settings.review_card_interval)
+
+
 def create_app(settings: ReviewSettings) -> FastAPI:
     """Build the app: engine, migrations, sessions, templates and routes; nothing global."""
     from lorafleet.human_review.routes import api, auth, pages
 
     engine = db.make_engine(settings.review_db_url)
+    factory = db.session_factory(engine)
+    writer = card_writer(settings, factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        if writer is not None:
+            writer.start()
         yield
+        if writer is not None:
+            await writer.stop()
         engine.dispose()
 
     db.migrate(engine)
     app = FastAPI(title="lorafleet review", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.sessions = db.session_factory(engine)
+    app.state.sessions = factory
+    app.state.card_writer = writer
     app.state.templates = make_templates(HERE / "templates")
     app.state.limiter = LoginLimiter(
         settings.login_max_failures, settings.login_window_seconds,

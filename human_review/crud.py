@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from lorafleet.human_review import security, sessions
+from lorafleet.human_review import card_outbox, security, sessions
 from lorafleet.human_review.errors import Conflict, NotFound, ReviewError
 from lorafleet.human_review.models import Grade, Item, Queue, QueueMember, Slot, User
 from lorafleet.human_review.rubrics import PAIRWISE, Rubric
@@ -126,6 +126,8 @@ def delete_queue(session: Session, *, queue: Queue) -> None:
     """Soft delete: hidden from reviewers, pages and the API, its token dead, open leases dropped; items
     and grades stay in the database for `review export --include-deleted`. Caller commits."""
     queue.deleted_at = time.time()
+    # Its grades stop counting on card.review: rewrite the cards of the versions it held.
+    card_outbox.enqueue(session, session.scalars(select(Item.adapter).where(Item.queue_id == queue.id).distinct()))
     queue.token_hash = "deleted:" + secrets.token_hex(24)  # no token hashes to this: ingest refused
     session.execute(update(Slot).where(Slot.queue_id == queue.id, Slot.state == "leased").values(
         state="free", reviewer_id=None, lease_expires=None, leased_at=None))
@@ -204,7 +206,8 @@ def ingest(session: Session, *, queue: Queue, items: list[ReviewItem]) -> Ingest
         try:
             with session.begin_nested():
                 row = Item(queue_id=queue.id, ext_id=item.id, public_id=secrets.token_hex(12),
-                           data=item.model_dump(mode="json"), is_gold="gold" in item.metadata, created_at=now)
+                           adapter=item.adapter, data=item.model_dump(mode="json"), is_gold="gold" in item.metadata,
+                           created_at=now)
                 session.add(row)
                 session.flush()
                 session.execute(insert(Slot), [{"queue_id": queue.id, "item_id": row.id, "slot_no": n,
@@ -212,4 +215,5 @@ def ingest(session: Session, *, queue: Queue, items: list[ReviewItem]) -> Ingest
             created += 1
         except IntegrityError:  # a concurrent ingest of the same id won the race: still idempotent
             pass
+    card_outbox.enqueue(session, (i.adapter for i in new), now=now)  # item counts on card.review change
     return IngestResponse(created=created, existing=len(ids) - created)

@@ -10,6 +10,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from lorafleet.human_review import card_outbox
 from lorafleet.human_review.db import writing
 from lorafleet.human_review.errors import Conflict, NotFound, ReviewError
 from lorafleet.human_review.models import Grade, Item, Queue, Skip, Slot
@@ -193,6 +194,7 @@ def submit(session: Session, *, queue: Queue, item: Item, reviewer_id: int, grad
                         created_at=now)
             session.add(row)
             session.execute(delete(Skip).where(Skip.item_id == item.id, Skip.reviewer_id == reviewer_id))
+            card_outbox.enqueue(session, [item.adapter], now=now)  # committed with the grade: never lost
             session.commit()
         return row, True
     except IntegrityError:  # a concurrent identical submit won: return its grade

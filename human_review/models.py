@@ -56,6 +56,8 @@ class Item(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     queue_id: Mapped[int] = mapped_column(ForeignKey("queues.id", ondelete="CASCADE"))
     ext_id: Mapped[str] = mapped_column(String(200))
+    # The ReviewItem's adapter as a column: card.review reads one version's items by it (indexed).
+    adapter: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     # Random, unguessable: URLs never carry sequential ids that reveal other queues' sizes or items.
     public_id: Mapped[str] = mapped_column(String(32), unique=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)  # the ReviewItem as ingested
@@ -108,6 +110,17 @@ class Skip(Base):
 
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
     reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+
+
+class CardUpdate(Base):
+    """Outbox of adapter versions whose card.review is stale: written in the grade's own transaction, so a
+    grade is never lost; the writer removes a row only if its `seq` did not move while it was writing."""
+
+    __tablename__ = "card_updates"
+
+    adapter: Mapped[str] = mapped_column(String(200), primary_key=True)  # exact version, name@vN
+    seq: Mapped[int] = mapped_column(Integer)
+    queued_at: Mapped[float] = mapped_column(Float)
 
 
 class LoginSession(Base):

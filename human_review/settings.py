@@ -50,6 +50,11 @@ class ReviewSettings(Settings):
     review_max_form_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, description="Largest browser form body (login, grade) in bytes.")
     secure_cookies: bool = Field(default=False, description="Mark the session cookie Secure (behind HTTPS).")
+    review_registry: Path | None = Field(
+        default=None, description="Adapter registry whose cards get card.review (grades summary and agreement "
+                                  "per version) as grades arrive; unset: no card is written.")
+    review_card_interval: float = Field(
+        default=2.0, gt=0, le=3600, description="Seconds between card.review flushes (grades are batched).")
 
     @field_validator("review_trusted_proxies", mode="before")
     @classmethod

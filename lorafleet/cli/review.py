@@ -43,6 +43,8 @@ def _factory(ctx: typer.Context, database_url: str | None = None):  # noqa: ANN2
 
 
 DbOpt = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (default: <data-dir>/review.db).")]
+RegistryOpt = Annotated[Path | None, typer.Option(
+    "--registry", help="Adapter registry whose cards get card.review as grades arrive [LORAFLEET_REVIEW_REGISTRY].")]
 
 
 @app.command()
@@ -51,15 +53,21 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8001).")] = None,
     database_url: DbOpt = None,
+    registry: RegistryOpt = None,
 ) -> None:
     """Run the review web app (migrations run on start)."""
     import uvicorn
 
     from lorafleet.human_review.app import create_app
 
-    settings = _settings(ctx, review_host=host, review_port=port, review_database_url=database_url)
+    settings = _settings(ctx, review_host=host, review_port=port, review_database_url=database_url,
+                         review_registry=registry)
     app_ = create_app(settings)
     console.print(f"review app on http://{settings.review_host}:{settings.review_port}")
+    if settings.review_registry is not None:
+        console.print(f"writing card.review of graded adapter versions to {settings.review_registry}")
+    else:
+        console.print("no registry configured (--registry / LORAFLEET_REVIEW_REGISTRY): card.review is not written")
     if settings.review_trusted_proxies:
         console.print(f"believing X-Forwarded-For from {', '.join(settings.review_trusted_proxies)}")
     # uvicorn's own proxy_headers would trust X-Forwarded-For from loopback: any local client could pick
@@ -388,3 +396,37 @@ def stats(ctx: typer.Context, queue: str, database_url: DbOpt = None) -> None:
 
     with db.session_scope(_factory(ctx, database_url)) as session:
         print_json(stats_mod.queue_stats(session, queue=crud.get_queue(session, name=queue)))
+
+
+@app.command("sync-cards")
+def sync_cards(
+    ctx: typer.Context,
+    registry: Annotated[Path | None, typer.Option(
+        "--registry", help="Registry to write (default: LORAFLEET_REVIEW_REGISTRY, else <data-dir>/registry).")] = None,
+    database_url: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Recompute card.review of every adapter version the review database holds (e.g. after the app was down)."""
+    from lorafleet.human_review.card_review import sync_all
+    from lorafleet.human_review.service import open_db
+    from lorafleet.registry import Registry
+
+    settings = _settings(ctx, review_database_url=database_url, review_registry=registry)
+    root = settings.review_registry or settings.registry_dir
+    if not Path(root).is_dir():
+        raise ConfigError(f"registry {root} is not a directory", hint="pass --registry DIR (the adapters' registry)")
+    report = sync_all(open_db(settings), Registry(Path(root)))
+    if json_out:
+        print_json({"registry": str(root), "written": report.written, "not_in_registry": report.not_in_registry,
+                    "failed": report.failed})
+    else:
+        for ref in report.written:
+            console.print(f"{ref}: card.review written")
+        for ref in report.not_in_registry:
+            console.print(f"{ref}: not in {root} (skipped)")
+        for ref, why in report.failed.items():
+            console.print(f"[red]{ref}: not written ({why})[/]")
+        console.print(f"{len(report.written)} card(s) written, {len(report.not_in_registry)} version(s) not in the "
+                      f"registry, {len(report.failed)} failed")
+    if report.failed:
+        raise typer.Exit(1)
