@@ -12,6 +12,7 @@ from rich.table import Table
 from lorafleet.adapter_files import PeftInfo, check_servable, inspect_peft_dir
 from lorafleet.base_model import inspect_base
 from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo
+from lorafleet.cli.card_story import fidelity_line, trained_on_line  # noqa: F401 - re-exported
 from lorafleet.cli.common import console, err_console, print_json, settings_from
 from lorafleet.errors import RegistryError
 from lorafleet.refs import parse_ref, validate_name
@@ -48,47 +49,21 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @app.command()
 def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="name, name@v3 or name@prod")],
          as_json: JsonOpt = False) -> None:
-    """The card of one version (a weighted alias shows the version it would pick)."""
-    resolved = _registry(ctx).resolve(ref)
+    """One version's story, top to bottom: data (files, hashes, held-out check) → training → fidelity → eval runs
+    → forgetting → review → decisions (a weighted alias shows the version it would pick); --json: the same."""
+    from lorafleet.cli.card_story import story_json, story_lines
+    from lorafleet.promotion.canary_state import load as load_canaries
+
+    registry = _registry(ctx)
+    resolved = registry.resolve(ref)
+    aliases = registry.aliases(resolved.name)
+    canaries = [c.model_dump(mode="json") for c in load_canaries(registry, resolved.name).values()
+                if resolved.version in (c.canary, c.stable) and c.state in ("running", "passed")]
     if as_json:
-        print_json(resolved.card)
+        print_json(story_json(resolved, aliases, canaries))
         return
-    console.print(f"[bold]{resolved.served_name}[/]  {resolved.path}")
-    console.print_json(resolved.card.model_dump_json())
-    from lorafleet.evaluate.forgetting_score import card_lines
-
-    for line in card_lines(resolved.card.forgetting):  # issue 15 §3: off-domain agreement with the base
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
-    console.print(fidelity_line(resolved.card.fidelity), highlight=False)
-    console.print(trained_on_line(resolved.card), highlight=False, markup=False, soft_wrap=True)
-
-
-def trained_on_line(card: AdapterCard) -> str:
-    """The base variant the adapter was trained on, and so is served on (issue 15 §2), as one line."""
-    from lorafleet.base_variants import variant_of
-
-    t = card.trained_on
-    if t is None:
-        return f"trained on: {variant_of(card)} (from lora.quantization; registered before trained_on)"
-    sha = f", weights sha256 {t.weights_sha256[:12]}…" if t.weights_sha256 else ""
-    return f"trained on: {t.variant} base {t.path or '-'}{sha}; served on that variant"
-
-
-def fidelity_line(f: dict) -> str:
-    """The fidelity check as one line of `adapters show`."""
-    if not f:
-        return "fidelity: not checked (registered before the check)"
-    if f.get("skipped"):
-        return f"fidelity: skipped ({f['skipped']})"
-    tol = f.get("tolerance", {})
-    verdict = "[green]passed[/]" if f.get("passed") else ("[red]FAILED, registered with --force[/]"
-                                                          if f.get("forced") else "[red]failed[/]")
-    secs = f.get("seconds", {})
-    return (f"fidelity: {verdict}: token agreement {f['token_agreement']:.3f} (>= {tol.get('min_agreement')}), "
-            f"mean |Δ logprob| {f['mean_abs_logprob_diff']:.4f} (<= {tol.get('max_mean_abs_diff')}), "
-            f"max {f['max_abs_logprob_diff']:.3f}; {f['prompts']} prompts, {f['tokens']} tokens, engine "
-            f"{f['engine_dtype']} ({f.get('engine')}), {secs.get('check', 0):.0f} s check + "
-            f"{secs.get('engine_start', 0):.0f} s engine start")
+    for line in story_lines(resolved, aliases, canaries):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def parse_alias_targets(targets: list[str]) -> AliasTarget:

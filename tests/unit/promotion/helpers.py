@@ -11,9 +11,16 @@ from lorafleet.registry import Registry
 from tests.unit.core.peft_files import write_fake_peft
 
 FIDELITY_OK = {"token_agreement": 1.0, "mean_abs_logprob_diff": 0.001, "max_abs_logprob_diff": 0.01,
-               "passed": True, "forced": False}
+               "passed": True, "forced": False, "prompts": 3, "tokens": 18, "engine_dtype": "float32",
+               "engine": "started", "tolerance": {"min_agreement": 0.9, "max_mean_abs_diff": 0.05},
+               "seconds": {"check": 2.0, "engine_start": 30.0}}
 FORGETTING_OK = {"suite": "forgetting", "run_id": "forgetting-1", "metric": "rougeL", "max_drop": 0.05,
-                 "passed": True, "samples": 60, "drop": {"rougeL": {"value": 0.01, "ci": [-0.01, 0.03]}}}
+                 "passed": True, "samples": 60, "confidence": 0.95,
+                 "agreement": {"rougeL": {"value": 0.9, "ci": [0.85, 0.95]},
+                               "exact_match": {"value": 0.7, "ci": [0.6, 0.8]}},
+                 "drop": {"rougeL": {"value": 0.01, "ci": [-0.01, 0.03]},
+                          "exact_match": {"value": 0.0, "ci": [-0.1, 0.1]}},
+                 "noise_floor": {"rougeL": {"value": 0.98, "ci": [0.97, 0.99]}}, "perplexity": None}
 
 
 def register(registry: Registry, tmp: Path, name: str = "intents") -> str:
