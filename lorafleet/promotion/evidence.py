@@ -149,9 +149,15 @@ def _gain_on_suite(suite: str, run: dict[str, Any], incumbent: str, inc_runs: li
 
 
 def first_metric(run_path: Path) -> str:
-    metrics = json.loads((run_path / "manifest.json").read_text(encoding="utf-8"))["suite"]["metrics"]
-    first = metrics[0]
-    return first if isinstance(first, str) else str(first.get("name"))
+    """The metric a suite judges gains by: its first `vs` gate's, else its first gate's, else its first metric."""
+    suite = json.loads((run_path / "manifest.json").read_text(encoding="utf-8"))["suite"]
+    gates = [g for g in suite.get("gates") or [] if isinstance(g, dict) and g.get("metric")]  # resolved gates
+    versus = [g for g in gates if g.get("vs")]
+    if versus or gates:
+        return str((versus or gates)[0]["metric"])
+    first = (suite.get("metrics") or ["accuracy"])[0]
+    name = first if isinstance(first, str) else next(iter(first))
+    return "rougeL" if name == "rouge" else name
 
 
 def item_scores(run_path: Path, target: str, metric: str) -> dict[str, float]:

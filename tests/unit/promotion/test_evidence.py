@@ -191,3 +191,18 @@ def test_decisions_journal_is_what_the_metric_counts(registry: Registry, tmp_pat
     (registry.root / "intents" / "decisions.jsonl").open("a").write('{"kind": "prom')  # a torn line
     assert count_decisions(registry) == {("intents", "refused"): 1, ("intents", "promoted"): 1}
     assert json.loads((registry.root / "intents" / "decisions.jsonl").read_text().splitlines()[0])["kind"] == "refused"
+
+
+@pytest.mark.parametrize(("suite", "metric"), [
+    ({"metrics": ["accuracy", "label_f1"], "gates": [
+        {"metric": "label_f1", "op": ">=", "threshold": 0.9, "vs": None},
+        {"metric": "exact_match", "op": ">=", "threshold": None, "vs": "base"}]}, "exact_match"),
+    ({"metrics": ["accuracy"], "gates": [{"metric": "label_f1", "op": ">=", "threshold": 0.9, "vs": None}]},
+     "label_f1"),
+    ({"metrics": [{"rouge": {"stemmer": True}}, "bleu"], "gates": []}, "rougeL"),
+])
+def test_gain_is_measured_on_the_suites_own_gain_metric(tmp_path: Path, suite: dict, metric: str) -> None:
+    from lorafleet.promotion.evidence import first_metric
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"suite": suite}))
+    assert first_metric(tmp_path) == metric
