@@ -52,10 +52,13 @@ def card_writer(settings: ReviewSettings, factory: sessionmaker[Session]) -> Car
                     "not written to adapter cards; `lorafleet review sync-cards` can write them later")
         return None
     root = Path(settings.review_registry)
-    if not root.is_dir():
+    if root.exists() and not root.is_dir():
         raise ConfigError(f"review registry {root} is not a directory",
                           hint="point LORAFLEET_REVIEW_REGISTRY (--registry) at the adapters' registry, "
                                "e.g. <data-dir>/registry")
+    if not root.exists():  # a fresh install: the first `train` creates it
+        log.warning("card.review: registry %s does not exist (yet): grades of versions it lacks are not written "
+                    "to cards; run `lorafleet review sync-cards` once it holds them", root)
     log.info("card.review: writing grades summaries to the cards in %s", root)
     return CardWriter(factory, Registry(root), interval=settings.review_card_interval)
 

@@ -153,8 +153,9 @@ def test_no_registry_configured_writes_nothing_and_says_so_once(review_settings,
 def test_a_registry_that_is_not_a_folder_is_refused_at_start(review_settings, tmp_path: Path) -> None:  # noqa: ANN001
     from lorafleet.errors import ConfigError
 
+    (tmp_path / "a-file").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):
-        create_app(review_settings.model_copy(update={"review_registry": tmp_path / "nope"}))
+        create_app(review_settings.model_copy(update={"review_registry": tmp_path / "a-file"}))
 
 
 def _grade_in_browser(client: TestClient, queue: str, accuracy: int = 4) -> None:
