@@ -4,6 +4,7 @@ grades and other card writers lose nothing — on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -17,6 +18,7 @@ from lorafleet.human_review import card_outbox, card_review, crud, db, leases
 from lorafleet.human_review.app import create_app
 from lorafleet.human_review.models import CardUpdate
 from lorafleet.human_review.schemas import GradeIn
+from lorafleet.human_review.settings import ReviewSettings
 from sqlalchemy import select
 
 from lorafleet import correlation
@@ -318,3 +320,68 @@ def test_review_lines_render_the_summary(factory, registry) -> None:  # noqa: AN
     assert any(line.strip().startswith("accuracy  n=3 (3 items)  mean 4.00") for line in lines)
     assert any("queue q (general)" in line and "eval runs run-1" in line for line in lines)
     assert review_lines({}) == ["review: none yet (no graded review items name this version)"]
+
+
+def test_sync_cards_cli_writes_the_cards(capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    from lorafleet.human_review.service import open_db
+
+    from lorafleet.cli.main import main
+
+    data = tmp_path / "data"
+    reg = Registry(data / "registry")
+    card = AdapterCard(name="support", version="v1", base=BaseModelRef(id="tiny"),
+                       lora=LoraInfo(rank=8, alpha=16, target_modules=["q_proj"]))
+    reg.register("support", write_fake_peft(tmp_path / "peft"), card)
+    factory = open_db(ReviewSettings(data_dir=data))
+    ann = add_user(factory, "ann")
+    add_queue(factory, "q", members=["ann"])
+    put(factory, "q", 2, "support@v1", prefix="i")
+    put(factory, "q", 1, "gone@v3", prefix="g")
+    while grade_next(factory, "q", ann, 5) is not None:
+        pass
+    factory.kw["bind"].dispose()
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as info:
+            main(["--data-dir", str(data), *argv])
+        out, err = capsys.readouterr()
+        return int(info.value.code or 0), out, err
+
+    code, out, err = cli("review", "sync-cards", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"registry": str(data / "registry"), "written": ["support@v1"],
+                               "not_in_registry": ["gone@v3"], "failed": {}}
+    assert reg.resolve("support@v1").card.review["criteria"]["accuracy"]["mean"] == 5.0
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli("review", "sync-cards", "--registry", str(tmp_path / "file"))
+    assert code == 2 and "not a directory" in err and "Traceback" not in err
+
+
+def test_migration_backfills_the_adapter_of_items_ingested_before(db_url: str) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    engine = db.make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+    queues = sa.table("queues", *(sa.column(c) for c in ("id", "name", "mode", "overlap", "token_hash",
+                                                           "created_at")), sa.column("rubric", sa.JSON))
+    old_items = sa.table("items", *(sa.column(c) for c in ("id", "queue_id", "ext_id", "public_id", "is_gold",
+                                                             "created_at")), sa.column("data", sa.JSON))
+    with engine.begin() as conn:
+        conn.execute(queues.insert().values(id=1, name="q", mode="rubric", overlap=1, rubric={},
+                                            token_hash="x", created_at=0.0))
+        conn.execute(old_items.insert(), [
+            {"id": 1, "queue_id": 1, "ext_id": "a", "public_id": "p1", "is_gold": False, "created_at": 0.0,
+             "data": {"id": "a", "prompt": "p", "response": "r", "adapter": "support@v1"}},
+            {"id": 2, "queue_id": 1, "ext_id": "b", "public_id": "p2", "is_gold": False, "created_at": 0.0,
+             "data": {"id": "b", "prompt": "p", "response": "r"}}])
+    db.migrate(engine)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT ext_id, adapter FROM items ORDER BY ext_id")).all())
+    engine.dispose()
+    assert rows == {"a": "support@v1", "b": None}
