@@ -132,6 +132,9 @@ def promote(
     force: Annotated[bool, typer.Option("--force", help="Promote although evidence is missing or failed "
                                                         "(needs --reason; recorded).")] = False,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded on the decision).")] = None,
+    admin_key: Annotated[str | None, typer.Option(
+        "--admin-key", envvar="LORAFLEET_ADMIN_KEY", show_default=False,
+        help="Decide as this admin key (its name is recorded as who); default: the OS user.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Move an alias to a version only on the evidence its promotion policy asks for; every decision is
@@ -142,7 +145,7 @@ def promote(
     from lorafleet.promotion import promote as promote_version
 
     registry = _registry(ctx)
-    who = who_am_i()
+    who = who_am_i(_admin_key_name(ctx, admin_key) if admin_key else None)
     try:
         if finish:
             if canary is not None or force:
@@ -178,6 +181,20 @@ def promote(
     else:
         console.print(f"{registry_name(d.ref)}@{to} → {d.ref.partition('@')[2]} (was {d.previous or 'unset'})",
                       highlight=False)
+
+
+def _admin_key_name(ctx: typer.Context, plaintext: str) -> str:
+    """The name of a valid, unrevoked admin key (the decision's `who`); anything else is refused."""
+    from lorafleet.serve.keys import KeyStore
+
+    store = KeyStore(settings_from(ctx).db_url)
+    try:
+        info = store.verify(plaintext)
+    finally:
+        store.close()
+    if info is None or not info.admin:
+        raise RegistryError("--admin-key is not a valid admin key", hint="create one: lorafleet keys create --admin")
+    return info.name
 
 
 def registry_name(ref: str) -> str:

@@ -111,3 +111,25 @@ def test_policy_set_and_show(capsys, registry: Registry, tmp_path: Path, dd: str
     assert data["source"].endswith("intents/policy.yaml")
     code, _, err = run(capsys, "--data-dir", dd, "adapters", "policy", "nobody")
     assert code == 2 and "no adapter named 'nobody'" in err
+
+
+def test_who_is_the_admin_keys_name_or_the_os_user(capsys, registry: Registry, tmp_path: Path, dd: str) -> None:
+    import getpass
+
+    register(registry, tmp_path)
+    code, out, err = run(capsys, "--data-dir", dd, "keys", "create", "--name", "ops", "--admin", "--json")
+    assert code == 0, err
+    key = json.loads(out)["key"]
+    code, out, _ = run(capsys, "--data-dir", dd, "keys", "create", "--name", "app", "--json")
+    app_key = json.loads(out)["key"]
+    run(capsys, "--data-dir", dd, "adapters", "promote", "intents@v1", "--to", "prod", "--force", "--reason", "r",
+        "--admin-key", key)
+    run(capsys, "--data-dir", dd, "adapters", "promote", "intents@v1", "--to", "staging", "--force", "--reason", "r")
+    who = [d["who"] for d in registry.card("intents", "v1").decisions]
+    assert who == ["key:ops", getpass.getuser()]
+    code, _, err = run(capsys, "--data-dir", dd, "adapters", "promote", "intents@v1", "--to", "x", "--force",
+                       "--reason", "r", "--admin-key", "lf-not-a-key")
+    assert code == 2 and "not a valid admin key" in err
+    code, _, err = run(capsys, "--data-dir", dd, "adapters", "promote", "intents@v1", "--to", "x", "--force",
+                       "--reason", "r", "--admin-key", app_key)  # a key, but not an admin one
+    assert code == 2 and "not a valid admin key" in err and "x" not in registry.aliases("intents")
