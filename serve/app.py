@@ -105,7 +105,8 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
     canary = CanaryWatcher(registry, metrics_registry, interval=settings.canary_interval,
                            who=f"gateway:{socket.gethostname()}:{settings.port}", review_url=settings.review_url,
                            review_token=token, review_queue=settings.review_queue,
-                           review_transport=review_transport) if settings.canary_watch else None
+                           review_transport=review_transport,
+                           probe_warnings=metrics.probe_warnings) if settings.canary_watch else None
     proxy = Proxy(router=router, chooser=chooser, metrics=metrics, capture=capture,
                   max_in_flight=settings.max_in_flight, drift=drift, variants=variants, canary=canary)
     return GatewayState(settings=settings, registry=registry, router=router, pool=pool, chooser=chooser,

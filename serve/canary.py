@@ -4,8 +4,8 @@ one on a weighted alias and rolls the alias back when a signal breaches (issue 1
 What a canary is lives in the registry (lorafleet.promotion.canary_state): `<name>/canaries.json`
 holds, per alias, the stable and canary versions, the window (min samples per signal and version,
 min seconds) and the thresholds, all from the promotion policy; aliases.json holds the traffic split.
-Every `interval` seconds the watcher reads the running canaries and judges four signals, each only
-once both versions have the window's minimum count of it:
+The watcher reads the running canaries every second (counting starts at once) and every `interval`
+seconds judges four signals, each only once both versions have the window's minimum count of it:
 
 - error_rate: 5xx answers (vLLM's, and the gateway's 502/504 for upstream failures) per request;
 - probe_warnings: the canary version's after-load probe warnings on its card (any gateway's);
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SIGNALS = ("error_rate", "probe_warnings", "invalid_rate", "review")
 REVIEW_TIMEOUT = 3.0
+REFRESH_S = 1.0  # seconds between reads of the running canaries (cheap: one small file per name)
 
 
 @dataclass
@@ -118,8 +119,10 @@ class CanaryWatcher:
 
     def __init__(self, registry: Registry, metrics_registry: CollectorRegistry, *, interval: float = 10.0,
                  who: str | None = None, review_url: str | None = None, review_token: str | None = None,
-                 review_queue: str = "capture", review_transport: httpx.BaseTransport | None = None) -> None:
+                 review_queue: str = "capture", review_transport: httpx.BaseTransport | None = None,
+                 probe_warnings: Counter | None = None) -> None:
         self.registry = registry
+        self.probe_warnings = probe_warnings  # the gateway's lorafleet_probe_warnings_total (HotSet's probe)
         self.metrics_registry = metrics_registry
         self.metrics = CanaryMetrics(metrics_registry)
         metrics_registry.register(DecisionCollector(registry))
@@ -164,12 +167,17 @@ class CanaryWatcher:
                 await self._task
 
     async def _loop(self) -> None:
+        judge_at = 0.0
         while True:
             try:
-                await self.check()
+                if time.monotonic() >= judge_at:
+                    judge_at = time.monotonic() + self.interval
+                    await self.check()
+                else:  # a new canary is counted from its first second, not from the next round
+                    await asyncio.to_thread(self._refresh)
             except Exception:  # noqa: BLE001 - the watcher must survive anything, never silently
                 log.exception("canary watcher: check failed")
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(min(self.interval, REFRESH_S))
 
     async def check(self) -> list[Any]:
         """One round: refresh the running canaries, judge each, roll back breaches; returns the decisions made."""
@@ -288,9 +296,9 @@ class CanaryWatcher:
 
     def _record_probe_warnings(self) -> None:
         """New after-load probe warnings of this gateway (its metric) go onto the version's card, once each."""
-        for family in self.metrics_registry.collect():
-            if family.name != "lorafleet_probe_warnings":
-                continue
+        if self.probe_warnings is None:
+            return
+        for family in self.probe_warnings.collect():
             for sample in family.samples:
                 if not sample.name.endswith("_total"):
                     continue

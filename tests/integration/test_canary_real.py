@@ -62,7 +62,7 @@ def test_a_canary_answering_off_label_is_rolled_back(vllm_server: VllmServer, de
     monkeypatch.setenv("LORAFLEET_CANARY_INTERVAL", "1")
     monkeypatch.setenv("LORAFLEET_DRIFT", "false")
     with running_gateway(data_dir, [vllm_server.url], vllm_server.api_key) as url:
-        time.sleep(1.5)  # one watcher round: the canary is being watched before traffic arrives
+        time.sleep(1.5)  # the watcher reads the running canaries every second: counted from here
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda i: chat(url, key, f"user-{i}"), range(USERS)))
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]

@@ -243,3 +243,19 @@ async def test_only_versions_of_running_canaries_are_counted(settings, registry,
         (watched,) = gw.state.canary.status()
         assert sum(t["requests"] for t in watched["tallies"].values()) == 20
     assert json.loads((registry.root / NAME / "canaries.json").read_text())["prod"]["state"] == "running"
+
+
+async def test_the_background_rounds_pick_a_new_canary_up_and_roll_it_back(settings, registry, fake,
+                                                                          key_store) -> None:
+    settings.canary_interval = 0.2
+    fake.model_replies[f"{NAME}@v2"] = Reply("boom", status=500)
+    async with running(settings, fake, key_store) as gw:
+        start_canary(registry, min_samples=10)  # after the gateway started: promote --canary on a live fleet
+        await asyncio.sleep(0.5)
+        await traffic(gw)
+        for _ in range(50):
+            if registry.aliases(NAME)["prod"] == "v1":
+                break
+            await asyncio.sleep(0.1)
+        assert registry.aliases(NAME)["prod"] == "v1"
+        assert rollbacks(gw, "error_rate") == 1
