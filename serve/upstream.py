@@ -15,6 +15,7 @@ from typing import Protocol
 
 import aiohttp
 import httpx
+import yarl
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class HttpUpstream:
         self._headers = {**headers, **JSON_HEADERS}
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=request_timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -128,11 +130,14 @@ class HttpUpstream:
         if self._session is None:
             # idle connections are dropped before vLLM's own 5 s keep-alive ends: no reuse race
             connector = aiohttp.TCPConnector(limit=2000, keepalive_timeout=KEEPALIVE_S)
-            self._session = aiohttp.ClientSession(self.url, headers=self._headers, timeout=self._timeout,
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout,
                                                   connector=connector, auto_decompress=False,
                                                   skip_auto_headers=("Accept-Encoding", "User-Agent"))
+        url = self._urls.get(path)
+        if url is None:  # parsed once per path (an --upstream URL may carry a path prefix)
+            url = self._urls[path] = yarl.URL(self.url + path)
         try:
-            resp = await self._session.post(path, data=content)
+            resp = await self._session.post(url, data=content)
             answer = AioAnswer(resp)
             if not stream:
                 await answer.aread()

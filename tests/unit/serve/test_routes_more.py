@@ -87,3 +87,21 @@ async def test_aiohttp_refused_connection_is_a_connect_error() -> None:
     with pytest.raises(httpx.ConnectError):
         await upstream.send("/v1/chat/completions", b"{}", stream=False)
     await upstream.aclose()
+
+
+async def test_an_upstream_url_with_a_path_prefix_is_kept(fake) -> None:
+    """`--upstream http://host/prefix`: httpx kept the prefix; the aiohttp path must too."""
+    from fastapi import FastAPI
+    from lorafleet.serve.upstream import HttpUpstream
+
+    outer = FastAPI()
+    outer.mount("/prefix", fake.app)
+    from tests.fakes.openai_upstream import FakeUpstream
+
+    holder = FakeUpstream("base-model", api_key="upstream-key")
+    holder.app = outer
+    with holder.serve() as url:
+        upstream = HttpUpstream("u", f"{url}/prefix", "upstream-key")
+        answer = await upstream.send("/v1/chat/completions", b'{"model": "base-model", "messages": []}', stream=False)
+        await upstream.aclose()
+    assert answer.status_code == 200 and b"base-model says hi" in answer.content
