@@ -131,3 +131,22 @@ def test_what_is_left_counts_time(registry: Registry, tmp_path: Path) -> None:
     state = canary_on(registry, tmp_path)
     later = datetime.now(UTC) + timedelta(seconds=700)
     assert "window left" not in what_is_left(state, later)
+
+
+def test_refused_canary_writes_no_split_and_no_canary_record(registry: Registry, tmp_path: Path) -> None:
+    register(registry, tmp_path)
+    register(registry, tmp_path)
+    promote(registry, "intents@v1", "prod", who="t", force=True, reason="setup")
+    with pytest.raises(PromotionRefused):
+        promote(registry, "intents@v2", "prod", who="t", canary=10)  # no eval run: refused
+    assert registry.aliases("intents")["prod"] == "v1"
+    assert cs.load(registry, "intents") == {}
+
+
+def test_a_passed_canary_is_still_watched_until_finished(registry: Registry, tmp_path: Path) -> None:
+    state = canary_on(registry, tmp_path)
+    record_progress(registry, "intents", "prod", state.id, {}, passed=True)
+    assert [c.state for c in cs.active_canaries(registry)] == ["passed"]
+    assert rollback(registry, "intents", "prod", canary_id=state.id, reason="late breach", evidence={},
+                    who="g") is not None
+    assert registry.aliases("intents")["prod"] == "v1"
