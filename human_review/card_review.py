@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lorafleet import correlation
 from lorafleet.card import AdapterCard
-from lorafleet.errors import InvalidNameError, NotFoundError, RegistryError
+from lorafleet.errors import InvalidNameError, NotFoundError
 from lorafleet.registry import Registry
 from lorafleet.review_summary import CardReview, CriterionSummary, GradeSummary, QueueSummary
 
@@ -214,8 +214,8 @@ def flush(factory: sessionmaker[Session], registry: Registry, *, limit: int = 10
             report.written.append(adapter)
         except NotInRegistry:
             report.not_in_registry.append(adapter)
-        except (RegistryError, OSError, TimeoutError) as exc:  # lock timeout, disk: keep the row, retry later
-            report.failed[adapter] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - lock timeout, disk, a bad card: keep the row, retry later;
+            report.failed[adapter] = f"{exc.__class__.__name__}: {exc}"  # one bad version never stalls the rest
             continue
         with session_scope(factory) as session, writing(session):
             card_outbox.done(session, adapter=adapter, seq=seq)
@@ -236,8 +236,8 @@ def sync_all(factory: sessionmaker[Session], registry: Registry) -> FlushReport:
             report.written.append(adapter)
         except NotInRegistry:
             report.not_in_registry.append(adapter)
-        except (RegistryError, OSError, TimeoutError) as exc:
-            report.failed[adapter] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported per version; the others are still written
+            report.failed[adapter] = f"{exc.__class__.__name__}: {exc}"
             continue
         if adapter in queued:
             with session_scope(factory) as session, writing(session):

@@ -65,7 +65,7 @@ def serve(
     app_ = create_app(settings)
     console.print(f"review app on http://{settings.review_host}:{settings.review_port}")
     if settings.review_registry is not None:
-        console.print(f"writing card.review of graded adapter versions to {settings.review_registry}")
+        console.print(f"writing card.review of graded adapter versions to {settings.review_registry}", soft_wrap=True)
     else:
         console.print("no registry configured (--registry / LORAFLEET_REVIEW_REGISTRY): card.review is not written")
     if settings.review_trusted_proxies:

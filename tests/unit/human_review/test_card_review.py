@@ -385,3 +385,26 @@ def test_migration_backfills_the_adapter_of_items_ingested_before(db_url: str) -
         rows = dict(conn.execute(sa.text("SELECT ext_id, adapter FROM items ORDER BY ext_id")).all())
     engine.dispose()
     assert rows == {"a": "support@v1", "b": None}
+
+
+def test_one_unwritable_card_never_stalls_the_others(factory, registry, monkeypatch) -> None:  # noqa: ANN001
+    ann = add_user(factory, "ann")
+    add_queue(factory, "q", members=["ann"])
+    put(factory, "q", 1, "support@v1", prefix="a")
+    put(factory, "q", 1, "support@v2", prefix="b")
+    while grade_next(factory, "q", ann, 4) is not None:
+        pass
+    real = Registry.update_card_with
+
+    def flaky(self, ref, fn):  # noqa: ANN001, ANN202
+        if ref == "support@v1":
+            raise TimeoutError("the registry lock is held")
+        return real(self, ref, fn)
+
+    monkeypatch.setattr(Registry, "update_card_with", flaky)
+    report = card_review.flush(factory, registry)
+    assert report.written == ["support@v2"] and "TimeoutError" in report.failed["support@v1"]
+    assert review_of(registry, "support@v1") == {}
+    monkeypatch.setattr(Registry, "update_card_with", real)
+    assert card_review.flush(factory, registry).written == ["support@v1"]  # kept in the outbox, written later
+    assert review_of(registry, "support@v1")["grades"] == 1
