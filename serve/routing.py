@@ -3,7 +3,8 @@ version), then to which replica.
 
 Weighted aliases (canary) go through `Registry.resolve(ref, sticky_key=user)`, so the same OpenAI
 `user` always gets the same version. Plain aliases and versions are cached for `ttl` seconds so a
-request does not read the registry files every time (`clear()` after an admin reload).
+request does not read the registry files every time; an entry is dropped at once when the
+adapter's aliases file changes (one stat per request), and `clear()` empties it (admin reload).
 
 Replica choice (`ReplicaChooser`) keeps each adapter on a home replica of a consistent-hash ring,
 spreads a hot adapter over its home and the next replica, and spills away from saturated or down
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from lorafleet.serve.upstream import UpstreamError
 
 from lorafleet.errors import InvalidNameError, NotFoundError, RegistryError
 from lorafleet.refs import parse_ref
-from lorafleet.registry import Registry, ResolvedAdapter
+from lorafleet.registry import ALIASES_FILE, Registry, ResolvedAdapter
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ class Router:
         self.base = Target(base_name, BASE_LABEL, NO_VERSION)
         self.ttl = ttl
         self.variant_of = variant_of or (lambda _resolved: DEFAULT_VARIANT)
-        self._cache: dict[str, tuple[float, Target]] = {}
+        # model -> (expiry, aliases-file stamp, target): dropped after `ttl` s or as soon as the aliases change
+        self._cache: dict[str, tuple[float, tuple[int, int] | None, Target]] = {}
 
     def clear(self) -> None:
         self._cache.clear()
@@ -64,8 +67,9 @@ class Router:
             return self.base
         hit = self._cache.get(model)
         now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None and hit[0] > now and hit[1] == self._stamp(model):
+            return hit[2]
+        stamp = self._stamp(model)
         try:
             ref = parse_ref(model)
             weighted = not ref.is_version and isinstance(self.registry.aliases(ref.name).get(ref.alias), dict)
@@ -78,8 +82,16 @@ class Router:
         target = Target(resolved.served_name, resolved.name, resolved.version, resolved,
                         self.variant_of(resolved))
         if not weighted:
-            self._cache[model] = (now + self.ttl, target)
+            self._cache[model] = (now + self.ttl, stamp, target)
         return target
+
+    def _stamp(self, model: str) -> tuple[int, int] | None:
+        """The adapter's aliases file as it is now (one stat): an alias moved, the cache entry is stale."""
+        try:
+            info = os.stat(self.registry.root / model.partition("@")[0] / ALIASES_FILE)
+        except (OSError, ValueError):
+            return None
+        return info.st_mtime_ns, info.st_ino
 
 
 class ReplicaChooser:

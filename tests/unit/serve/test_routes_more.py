@@ -105,3 +105,16 @@ async def test_an_upstream_url_with_a_path_prefix_is_kept(fake) -> None:
         answer = await upstream.send("/v1/chat/completions", b'{"model": "base-model", "messages": []}', stream=False)
         await upstream.aclose()
     assert answer.status_code == 200 and b"base-model says hi" in answer.content
+
+
+async def test_a_moved_alias_is_seen_on_the_next_request_despite_the_cache(serve_settings, fake, key_store,
+                                                                           gw_registry) -> None:
+    """The resolved-alias cache is dropped when the adapter's aliases file changes, not only at its TTL."""
+    from tests.unit.serve.conftest import running
+
+    settings = serve_settings.model_copy(update={"registry_ttl": 3600})
+    async with running(settings, fake, key_store) as gw:
+        assert (await gw.chat("support-intents@prod")).json()["model"] == "support-intents@v1"
+        assert (await gw.chat("support-intents@prod")).json()["model"] == "support-intents@v1"  # cached
+        gw_registry.set_alias("support-intents", "prod", "v2")
+        assert (await gw.chat("support-intents@prod")).json()["model"] == "support-intents@v2"
