@@ -88,11 +88,12 @@ def criterion_line(name: str, c: CriterionSummary) -> str:
 
 
 def review_lines(review: dict[str, Any]) -> list[str]:
-    """Plain-text lines for `adapters show`: totals, each criterion, captured samples, each queue."""
+    """Plain-text lines for the review section of `adapters show`: totals, each criterion (indented),
+    captured samples, each queue."""
     parsed = parse_review(review)
     if parsed is None:
-        return ["review: none yet (no graded review items name this version)"]
-    lines = [f"review: {parsed.grades} grades of {parsed.graded_items}/{parsed.items} items by "
+        return ["none yet (no graded review items name this version)"]
+    lines = [f"{parsed.grades} grades of {parsed.graded_items}/{parsed.items} items by "
              f"{parsed.reviewers} reviewer(s), updated {parsed.updated_at.isoformat(timespec='seconds')}"]
     lines += [f"  {criterion_line(name, c)}" for name, c in parsed.criteria.items()]
     if parsed.capture.items:

@@ -88,4 +88,4 @@ def test_repro_grades_given_over_http_reach_the_card_of_their_version(tmp_path: 
     assert acc["alpha"] > 0.5 and acc["alpha"] > v1["criteria"]["relevance"]["alpha"]
     assert v1["eval_runs"] == [items[0]["metadata"]["run_id"]] and v1["queues"]["eval-q"]["sources"] == {"eval": 20}
     assert (v2["items"], v2["grades"]) == (5, 10)
-    assert review_lines(v1)[0].startswith("review: 40 grades of 20/20 items by 2 reviewer(s)")
+    assert review_lines(v1)[0].startswith("40 grades of 20/20 items by 2 reviewer(s)")

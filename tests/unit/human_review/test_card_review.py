@@ -316,10 +316,10 @@ def test_review_lines_render_the_summary(factory, registry) -> None:  # noqa: AN
         pass
     card_review.flush(factory, registry)
     lines = review_lines(review_of(registry, "support@v1"))
-    assert lines[0].startswith("review: 3 grades of 3/3 items by 1 reviewer(s)")
+    assert lines[0].startswith("3 grades of 3/3 items by 1 reviewer(s)")
     assert any(line.strip().startswith("accuracy  n=3 (3 items)  mean 4.00") for line in lines)
     assert any("queue q (general)" in line and "eval runs run-1" in line for line in lines)
-    assert review_lines({}) == ["review: none yet (no graded review items name this version)"]
+    assert review_lines({}) == ["none yet (no graded review items name this version)"]
 
 
 def test_sync_cards_cli_writes_the_cards(capsys, tmp_path: Path) -> None:  # noqa: ANN001
