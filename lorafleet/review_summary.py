@@ -7,10 +7,11 @@ Only items whose `adapter` is an exact version (`name@v3`) count. An empty dict:
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 
@@ -90,7 +91,12 @@ def criterion_line(name: str, c: CriterionSummary) -> str:
 def review_lines(review: dict[str, Any]) -> list[str]:
     """Plain-text lines for the review section of `adapters show`: totals, each criterion (indented),
     captured samples, each queue."""
-    parsed = parse_review(review)
+    try:
+        parsed = parse_review(review)
+    except ValidationError as exc:  # written by hand or by another tool: show it, never fail `show`
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "card.review"
+        return [f"unreadable ({where}: {err['msg']}): {json.dumps(review, default=str)[:300]}"]
     if parsed is None:
         return ["none yet (no graded review items name this version)"]
     lines = [f"{parsed.grades} grades of {parsed.graded_items}/{parsed.items} items by "

@@ -320,6 +320,8 @@ def test_review_lines_render_the_summary(factory, registry) -> None:  # noqa: AN
     assert any(line.strip().startswith("accuracy  n=3 (3 items)  mean 4.00") for line in lines)
     assert any("queue q (general)" in line and "eval runs run-1" in line for line in lines)
     assert review_lines({}) == ["none yet (no graded review items name this version)"]
+    (odd,) = review_lines({"criteria": {"accuracy": {"n": 80}}})  # hand-written: shown, never a crash
+    assert odd.startswith("unreadable (criteria.accuracy.items: Field required)") and '"n": 80' in odd
 
 
 def test_sync_cards_cli_writes_the_cards(capsys, tmp_path: Path) -> None:  # noqa: ANN001
