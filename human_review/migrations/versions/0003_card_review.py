@@ -5,6 +5,7 @@ Revises: 0002
 """
 
 import json
+import re
 
 import sqlalchemy as sa
 from alembic import op
@@ -13,6 +14,8 @@ revision = '0003'
 down_revision = '0002'
 branch_labels = None
 depends_on = None
+
+VERSION_REF = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}@v[1-9][0-9]{0,8}\Z")  # name@vN (lorafleet.refs)
 
 
 def upgrade() -> None:
@@ -44,6 +47,12 @@ def _backfill() -> None:
     if updates:
         conn.execute(items.update().where(items.c.id == sa.bindparam('item_id'))
                      .values(adapter=sa.bindparam('adapter')), updates)
+    # Versions graded before this revision get their card.review written on the app's first start.
+    versions = sorted({u['adapter'] for u in updates if VERSION_REF.match(u['adapter'])})
+    if versions:
+        outbox = sa.table('card_updates', sa.column('adapter', sa.String), sa.column('seq', sa.Integer),
+                          sa.column('queued_at', sa.Float))
+        conn.execute(outbox.insert(), [{'adapter': a, 'seq': 1, 'queued_at': 0.0} for a in versions])
 
 
 def downgrade() -> None:

@@ -387,6 +387,10 @@ def test_migration_backfills_the_adapter_of_items_ingested_before(db_url: str) -
         rows = dict(conn.execute(sa.text("SELECT ext_id, adapter FROM items ORDER BY ext_id")).all())
     engine.dispose()
     assert rows == {"a": "support@v1", "b": None}
+    factory = db.session_factory(db.make_engine(db_url))
+    with db.session_scope(factory) as s:  # graded before the upgrade: its card gets written on first start
+        assert card_outbox.pending(s) == [("support@v1", 1)]
+    factory.kw["bind"].dispose()
 
 
 def test_one_unwritable_card_never_stalls_the_others(factory, registry, monkeypatch) -> None:  # noqa: ANN001
