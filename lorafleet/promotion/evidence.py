@@ -221,7 +221,8 @@ def forgetting_check(f: dict[str, Any]) -> Check:
     drop = (f.get("drop") or {}).get(metric) or {}
     ci = drop.get("ci")
     shown = f"drop of {metric} {drop.get('value', drop.get('mean'))}" + (f" CI {ci}" if ci else "")
-    verdict = "non-inferior" if f.get("passed") else "FAILED non-inferiority"
+    verdict = {True: "non-inferior", False: "FAILED non-inferiority"}.get(
+        f.get("passed"), "no verdict (the run had no forgetting max_drop gate)")
     return Check(item="forgetting", ok=bool(f.get("passed")),
                  detail=f"{verdict}: {shown}, max_drop {f.get('max_drop')}, n={f.get('samples')}", evidence=ids)
 

@@ -129,6 +129,7 @@ def test_fidelity_not_passed_refuses(registry: Registry, tmp_path: Path, fidelit
     ({"metric": "rougeL", "passed": False, "max_drop": 0.05, "samples": 60,
       "drop": {"rougeL": {"value": 0.2, "ci": [0.15, 0.25]}}}, "FAILED non-inferiority: drop of rougeL 0.2"),
     ({"skipped": "engine did not start"}, "skipped (engine did not start)"),
+    ({"metric": "rougeL", "passed": None, "samples": 60, "drop": {}}, "no verdict (the run had no forgetting"),
     ({}, "not measured"),
 ])
 def test_forgetting_not_passed_refuses(registry: Registry, tmp_path: Path, forgetting: dict, needle: str) -> None:
