@@ -11,6 +11,8 @@ from lorafleet.evaluate.dataset import Sample
 from lorafleet.evaluate.suite import ReviewSpec
 from pydantic import BaseModel, Field
 
+from lorafleet.errors import InvalidNameError
+from lorafleet.refs import parse_ref
 from lorafleet.samples import Refusal, ReviewClient, ReviewItem
 
 
@@ -36,12 +38,23 @@ def review_items(run_id: str, suite_name: str, spec: ReviewSpec, samples: list[S
         picks = chosen or samples
         for s in picks:
             if s.id in outputs.get(a, {}) and s.id in outputs.get(b, {}):
+                # Which exact version answered on each side: card.review's win rates are per version.
+                served = {t: outputs[t][s.id].served_model for t in (a, b) if outputs[t][s.id].served_model}
                 items.append(ReviewItem(
                     id=f"{run_id}:pair:{s.id}"[:200], prompt=s.messages, reference=s.reference or None,
                     responses={a: outputs[a][s.id].output, b: outputs[b][s.id].output}, source="eval",
-                    metadata={**meta, "pairwise": [a, b], "sample_id": s.id,
+                    adapter=next((served[t] for t in (b, a) if _is_version(served.get(t))), None),
+                    metadata={**meta, "pairwise": [a, b], "sample_id": s.id, "served": served,
                               "scores": {a: per_sample.get((a, s.id), {}), b: per_sample.get((b, s.id), {})}}))
     return items
+
+
+def _is_version(served: str | None) -> bool:
+    """An exact `name@vN` (the only kind a card can be found by)."""
+    try:
+        return served is not None and parse_ref(served).is_version
+    except InvalidNameError:
+        return False
 
 
 class PushSummary(BaseModel):

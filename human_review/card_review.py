@@ -29,7 +29,7 @@ from lorafleet import correlation
 from lorafleet.card import AdapterCard
 from lorafleet.errors import InvalidNameError, NotFoundError
 from lorafleet.registry import Registry
-from lorafleet.review_summary import CardReview, CriterionSummary, GradeSummary, QueueSummary
+from lorafleet.review_summary import CardReview, CriterionSummary, GradeSummary, PairwiseSummary, QueueSummary
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,15 @@ def _pooled(levels: dict[tuple[str, tuple[int, int]], ByItem]) -> tuple[dict[str
 
 
 def version_review(session: Session, adapter: str, *, now: float | None = None) -> CardReview | None:
-    """card.review of one exact version from the database (rubric queues; deleted queues left out); None
-    when no live queue holds an item of it."""
+    """card.review of one exact version from the database (deleted queues left out): rubric queues pooled
+    per criterion, pairwise queues as win rates; None when no live queue holds an item of it."""
     now = time.time() if now is None else now
     held = select(Item.queue_id).where(Item.adapter == adapter).distinct()  # no DISTINCT over JSON columns
     queues = {q.id: q for q in session.scalars(select(Queue).where(Queue.id.in_(held), Queue.deleted_at.is_(None)))}
     if not queues:
         return None
+    pairwise = {qid: q for qid, q in queues.items() if q.mode == "pairwise"}
+    queues = {qid: q for qid, q in queues.items() if q.mode != "pairwise"}
     items = session.execute(select(Item.id, Item.queue_id, Item.data).where(
         Item.adapter == adapter, Item.queue_id.in_(queues))).all()
     source = {item_id: (data or {}).get("source") or "import" for item_id, _q, data in items}
@@ -142,9 +144,49 @@ def version_review(session: Session, adapter: str, *, now: float | None = None) 
     total, note = everything.summary()
     notes += [note] if note else []
     capture, _ = captured.summary()
-    runs = list(dict.fromkeys(r for qid in sorted(q_runs) for r in q_runs[qid]))
+    pairs = {q.name: _pairwise(session, adapter, q) for q in sorted(pairwise.values(), key=lambda q: q.name)}
+    runs = list(dict.fromkeys([*(r for qid in sorted(q_runs) for r in q_runs[qid]),
+                               *(r for p in pairs.values() for r in p.eval_runs)]))
     return CardReview(adapter=adapter, updated_at=datetime.fromtimestamp(now, UTC), **total.model_dump(),
-                      capture=capture, queues=queue_out, eval_runs=runs, pooling_note="; ".join(notes) or None)
+                      capture=capture, queues=queue_out, pairwise=pairs, eval_runs=runs,
+                      pooling_note="; ".join(notes) or None)
+
+
+def _pairwise(session: Session, adapter: str, queue: Queue) -> PairwiseSummary:
+    """This version's A/B record in one pairwise queue: the side it answered (metadata.served) against the other."""
+    mine: dict[int, tuple[str, str]] = {}  # item -> (its label, the opponent's served name or label)
+    runs: list[str] = []
+    for item_id, data in session.execute(select(Item.id, Item.data).where(Item.adapter == adapter,
+                                                                          Item.queue_id == queue.id)):
+        meta = (data or {}).get("metadata") or {}
+        served = meta.get("served") if isinstance(meta.get("served"), dict) else {}
+        labels = sorted((data or {}).get("responses") or {})
+        side = next((lab for lab in labels if served.get(lab) == adapter), None)
+        if side is None or len(labels) != 2:
+            continue  # which side this version answered is unknown: not counted
+        other = labels[1] if side == labels[0] else labels[0]
+        mine[item_id] = (side, str(served.get(other) or other))
+        if isinstance(meta.get("run_id"), str) and meta["run_id"] not in runs:
+            runs.append(meta["run_id"])
+    tally = {"wins": 0, "losses": 0, "ties": 0, "both_bad": 0}
+    reviewers, graded = set(), set()
+    for item_id, reviewer, choice in session.execute(select(Grade.item_id, Grade.reviewer_id, Grade.choice).where(
+            Grade.queue_id == queue.id, Grade.item_id.in_(list(mine)))):
+        side, _ = mine[item_id]
+        key = {side: "wins", "tie": "ties", "both_bad": "both_bad"}.get(choice or "", "losses" if choice else None)
+        if key is None:
+            continue
+        tally[key] += 1
+        reviewers.add(reviewer)
+        graded.add(item_id)
+    decisive, total = tally["wins"] + tally["losses"], sum(tally.values())
+    ci = correlation.wilson_ci(tally["wins"], decisive)
+    return PairwiseSummary(
+        items=len(mine), graded_items=len(graded), comparisons=total, reviewers=len(reviewers),
+        opponents=sorted({o for _, o in mine.values()}), **tally,
+        win_rate=_r(tally["wins"] / decisive) if decisive else None,
+        win_rate_ci=(_r(ci[0]), _r(ci[1])) if ci else None,
+        tie_rate=_r(tally["ties"] / total) if total else None, eval_runs=runs)
 
 
 def review_field(review: CardReview | None) -> dict[str, Any]:

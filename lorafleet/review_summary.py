@@ -53,6 +53,26 @@ class QueueSummary(GradeSummary):
     eval_runs: list[str] = Field(default_factory=list)
 
 
+class PairwiseSummary(BaseModel):
+    """This version's A/B comparisons in one pairwise queue (against whichever version answered the other side)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    items: int = 0
+    graded_items: int = 0
+    comparisons: int = Field(default=0, description="Grades: wins + losses + ties + both_bad.")
+    reviewers: int = 0
+    opponents: list[str] = Field(default_factory=list, description="What answered the other side (served names).")
+    wins: int = 0
+    losses: int = 0
+    ties: int = 0
+    both_bad: int = 0
+    win_rate: float | None = Field(default=None, description="wins / (wins + losses); ties and both-bad apart.")
+    win_rate_ci: tuple[float, float] | None = Field(default=None, description="95% Wilson interval.")
+    tie_rate: float | None = None
+    eval_runs: list[str] = Field(default_factory=list)
+
+
 class CardReview(GradeSummary):
     """The whole of `card.review`: pooled over rubric queues (per criterion), captured samples apart, per queue."""
 
@@ -60,7 +80,8 @@ class CardReview(GradeSummary):
     adapter: str = Field(description="The exact version, name@vN.")
     updated_at: datetime = Field(description="When the review database was read for this summary.")
     capture: GradeSummary = Field(default_factory=GradeSummary, description="Live samples captured by the gateway.")
-    queues: dict[str, QueueSummary] = Field(default_factory=dict)
+    queues: dict[str, QueueSummary] = Field(default_factory=dict, description="Rubric queues.")
+    pairwise: dict[str, PairwiseSummary] = Field(default_factory=dict, description="Pairwise queues: win rates.")
     eval_runs: list[str] = Field(default_factory=list, description="Eval runs whose samples were reviewed.")
     pooling_note: str | None = Field(
         default=None, description="Set when a criterion has different scales in different queues: pooled "
@@ -111,6 +132,10 @@ def review_lines(review: dict[str, Any]) -> list[str]:
         runs = f"; eval runs {', '.join(q.eval_runs)}" if q.eval_runs else ""
         lines.append(f"  queue {qname} ({q.rubric or q.mode}): {q.grades} grades, {q.graded_items}/{q.items} items "
                      f"({sources}){runs}")
+    for qname, p in parsed.pairwise.items():
+        rate = f"win rate {_num(p.win_rate)}{_ci(p.win_rate_ci)}" if p.win_rate is not None else "no decisive grade"
+        lines.append(f"  pairwise {qname} vs {', '.join(p.opponents) or '?'}: {rate} ({p.wins} won, {p.losses} lost, "
+                     f"{p.ties} tie, {p.both_bad} both bad; {p.comparisons} grades)")
     if parsed.pooling_note:
         lines.append(f"  note: {parsed.pooling_note}")
     return lines

@@ -414,3 +414,54 @@ def test_one_unwritable_card_never_stalls_the_others(factory, registry, monkeypa
     monkeypatch.setattr(Registry, "update_card_with", real)
     assert card_review.flush(factory, registry).written == ["support@v1"]  # kept in the outbox, written later
     assert review_of(registry, "support@v1")["grades"] == 1
+
+
+def test_eval_pairwise_items_name_the_version_on_each_side() -> None:
+    """Before: A/B items carried no adapter, so no card could count them. Now the candidate's exact version,
+    and metadata.served says which version answered each side."""
+    from lorafleet.evaluate.client import Completion
+    from lorafleet.evaluate.dataset import Sample
+    from lorafleet.evaluate.review_push import review_items
+    from lorafleet.evaluate.suite import ReviewSpec
+
+    from lorafleet.formats import Message
+
+    samples = [Sample(id="s1", messages=[Message(role="user", content="hi")], references=["hello"])]
+    outputs = {"base": {"s1": Completion(output="yo", served_model="smollm2-135m-instruct")},
+               "support@latest": {"s1": Completion(output="hello", served_model="support@v2")}}
+    spec = ReviewSpec(pairwise=["base", "support@latest"], queue="eval")
+    (item,) = review_items("run-9", "suite", spec, samples, outputs, [])
+    assert item.adapter == "support@v2"
+    assert item.metadata["served"] == {"base": "smollm2-135m-instruct", "support@latest": "support@v2"}
+    outputs["support@latest"]["s1"] = Completion(output="hello")  # the endpoint named no model: unknown
+    (item,) = review_items("run-9", "suite", spec, samples, outputs, [])
+    assert item.adapter is None
+
+
+def test_pairwise_grades_become_a_win_rate_per_version(factory, registry) -> None:  # noqa: ANN001
+    from lorafleet.human_review.models import Grade, Item
+
+    ann, ben = add_user(factory, "ann"), add_user(factory, "ben")
+    add_queue(factory, "ab", pairwise=True, overlap=2, members=["ann", "ben"])
+    served = {"base": "smollm2-135m-instruct", "support@latest": "support@v2"}
+    rows = [ReviewItem(id=f"p{i}", prompt="q", responses={"base": "b", "support@latest": "t"}, adapter="support@v2",
+                       source="eval", metadata={"run_id": "run-9", "pairwise": list(served), "served": served})
+            for i in range(6)]
+    with db.session_scope(factory) as s:
+        crud.ingest(s, queue=crud.get_queue(s, name="ab"), items=rows)
+    choices = ["support@latest"] * 7 + ["base"] * 2 + ["tie", "both_bad", "support@latest"]
+    with db.session_scope(factory) as s:
+        ids = [i.id for i in s.scalars(select(Item).order_by(Item.id))]
+        for n, choice in enumerate(choices):
+            s.add(Grade(queue_id=1, item_id=ids[n // 2], reviewer_id=(ann, ben)[n % 2], scores={}, choice=choice,
+                        created_at=0.0))
+    card_review.sync_all(factory, registry)
+    review = review_of(registry, "support@v2")
+    ab = review["pairwise"]["ab"]
+    assert (ab["wins"], ab["losses"], ab["ties"], ab["both_bad"], ab["comparisons"]) == (8, 2, 1, 1, 12)
+    assert ab["win_rate"] == 0.8 and ab["opponents"] == ["smollm2-135m-instruct"] and ab["reviewers"] == 2
+    lo, hi = correlation.wilson_ci(8, 10)
+    assert ab["win_rate_ci"] == [round(lo, 4), round(hi, 4)]
+    assert review["grades"] == 0 and review["queues"] == {} and review["eval_runs"] == ["run-9"]
+    lines = review_lines(review)
+    assert any(line.startswith("  pairwise ab vs smollm2-135m-instruct: win rate 0.80") for line in lines)
