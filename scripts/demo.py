@@ -31,9 +31,14 @@ STATE = DEMO / "state.json"
 SECRETS = DEMO / "secrets.json"
 GATEWAY_PORT = 8000
 REVIEW_PORT = 8001
+# One vLLM on the base and one on its nf4 twin (the QLoRA adapters' base), started before training: train's
+# fidelity and forgetting checks and then the gateway use them, so no step waits for a vLLM start of its own.
+ENGINES = {"full": 8100, "nf4": 8101}
 GATEWAY = f"http://127.0.0.1:{GATEWAY_PORT}"
 REVIEW = f"http://127.0.0.1:{REVIEW_PORT}"
 TASKS = ("support-intents", "contract-clauses", "ticket-summaries")
+REGISTRY = REPO / ".lorafleet" / "registry"
+WRECKED = "support-intents@v2"  # scripts/wreck_adapter.py's copy of v1: loads and serves, answers off-label
 REVIEWER = ("demo", "demo-review-pass")
 EVAL_CONCURRENCY = 32
 console = Console()
@@ -42,9 +47,10 @@ console = Console()
 # ---- plumbing -------------------------------------------------------------------------------
 
 def lorafleet(*args: str, capture: bool = False, ok: tuple[int, ...] = (0,), stdin: str | None = None,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+              env: dict[str, str] | None = None, quiet: bool = False) -> subprocess.CompletedProcess[str]:
     """Run `lorafleet ARGS` as a user would; stop the demo on an unexpected exit code."""
-    console.print(f"[dim]$ lorafleet {' '.join(args)}[/]", highlight=False)
+    if not quiet:
+        console.print(f"[dim]$ lorafleet {' '.join(args)}[/]", highlight=False)
     result = subprocess.run([str(BIN / "lorafleet"), *args], cwd=REPO, text=True, input=stdin,
                             capture_output=capture, env={**os.environ, **(env or {})})
     if result.returncode not in ok:
@@ -100,15 +106,22 @@ def pid_alive(pid: int) -> bool:
 
 def start_background(name: str, args: list[str], env: dict[str, str]) -> int:
     """Start `lorafleet ARGS` detached, log to .lorafleet/demo/logs/NAME.log, remember its pid."""
+    return start_process(name, [str(BIN / "lorafleet"), *args], {**os.environ, **env})
+
+
+def start_process(name: str, cmd: list[str], env: dict[str, str]) -> int:
+    """Start CMD detached (its own session), log to .lorafleet/demo/logs/NAME.log, remember its pid."""
     pids = load_json(DEMO / "pids.json")
     if name in pids and pid_alive(pids[name]):
         console.print(f"{name} already running (pid {pids[name]})")
         return pids[name]
     (DEMO / "logs").mkdir(parents=True, exist_ok=True)
-    console.print(f"[dim]$ lorafleet {' '.join(args)} &[/]", highlight=False)
+    shown_cmd = " ".join(cmd[1:] if cmd[0] == str(BIN / "lorafleet") else cmd)
+    console.print(f"[dim]$ {'lorafleet ' if cmd[0] == str(BIN / 'lorafleet') else ''}{shown_cmd} &[/]",
+                  highlight=False)
     with open(DEMO / "logs" / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen([str(BIN / "lorafleet"), *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **env}, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
     pids[name] = proc.pid
     save_json(DEMO / "pids.json", pids)
     return proc.pid
@@ -133,6 +146,8 @@ def stop_services() -> None:
 
 def step_base() -> None:
     lorafleet("base", "prepare")
+    # The QLoRA adapters' base as they were trained on it: the dequantised-nf4 twin (served by the second vLLM).
+    lorafleet("base", "prepare", "--variant", "nf4")
     lorafleet("base", "info")
     lorafleet("base", "generate", "What is the capital of France?")
 
@@ -168,13 +183,75 @@ def shown(result: subprocess.CompletedProcess[str]) -> str:
 
 def train_step(task: str) -> Callable[[], None]:
     def step() -> None:
-        lorafleet("train", "--config", f"examples/train/{task}.yaml")
+        # The fidelity and forgetting checks run in the running engine of the adapter's base variant.
+        lorafleet("train", "--config", f"examples/train/{task}.yaml", env=engine_env(variant_of_task(task)))
     return step
+
+
+def variant_of_task(task: str) -> str:
+    import yaml
+
+    return "nf4" if yaml.safe_load((REPO / "examples" / "train" / f"{task}.yaml").read_text()).get("qlora") else "full"
+
+
+def engine_url(variant: str) -> str:
+    return f"http://127.0.0.1:{ENGINES[variant]}"
+
+
+def engine_env(variant: str) -> dict[str, str]:
+    """The registration-time checks reuse a running engine: its URL and key (environment only)."""
+    from lorafleet.serve.vllm_child import resolve_dtype
+
+    return {"LORAFLEET_ENGINE_URL": engine_url(variant), "LORAFLEET_ENGINE_API_KEY": secret("engine_key", token),
+            # vLLM does not report its dtype; the check's tolerance depends on it (bf16 on CPUs that have it).
+            "LORAFLEET_VLLM_DTYPE": resolve_dtype("auto") or "bfloat16"}
+
+
+def token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def step_engines() -> None:
+    """vLLM on the base and on its nf4 twin, as the gateway would start them, detached (make stop ends them)."""
+    from lorafleet.serve.config import ServeSettings
+
+    from lorafleet.base_variants import twin_dir
+    from lorafleet.config import DEFAULT_BASE_NAME
+
+    settings = ServeSettings()
+    base = (REPO / ".lorafleet" / "base" / DEFAULT_BASE_NAME).resolve()
+    folders = {"full": base, "nf4": twin_dir(REPO / ".lorafleet", base)}
+    pids = {}
+    for variant, folder in folders.items():
+        launch = settings.child_launch(folder, DEFAULT_BASE_NAME, f"vllm-{variant}.log", port=ENGINES[variant])
+        launch.api_key = secret("engine_key", token)
+        pids[variant] = start_process(f"engine-{variant}", launch.command(), launch.env())
+    for variant, pid in pids.items():
+        wait_engine(variant, pid)
+
+
+def wait_engine(variant: str, pid: int) -> None:
+    key = secret("engine_key", token)
+    deadline = time.monotonic() + 600
+    with console.status(f"waiting for vLLM on the {variant} base (60–90 s on 2 cores) …"):
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                raise SystemExit(f"demo: vLLM ({variant}) exited; see {DEMO / 'logs' / f'engine-{variant}.log'}")
+            try:
+                if httpx.get(f"{engine_url(variant)}/v1/models", timeout=2,
+                             headers={"Authorization": f"Bearer {key}"}).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+    raise SystemExit(f"demo: vLLM ({variant}) not ready after 600 s")
 
 
 def step_services() -> None:
     review_env = {"LORAFLEET_REVIEW_ADMIN_TOKEN": secret("review_admin_token", lambda: secrets.token_urlsafe(24))}
-    review_pid = start_background("review", ["review", "serve", "--port", str(REVIEW_PORT)], review_env)
+    # --registry: the grades reach each adapter version's card.review (the promotion policy reads it).
+    review_pid = start_background("review", ["review", "serve", "--port", str(REVIEW_PORT),
+                                             "--registry", str(REGISTRY)], review_env)
     wait_http(f"{REVIEW}/login", "review app", 120, review_pid)
     user, password = REVIEWER
     lorafleet("review", "users", "add", user, "--role", "reviewer", "--password-stdin", stdin=password + "\n",
@@ -186,14 +263,18 @@ def step_services() -> None:
               ok=(0, 2), capture=True)
     lorafleet("review", "queues", "create", "live-capture", "--rubric", "examples/rubrics/general.yaml",
               "--member", user, ok=(0, 2), capture=True)
-    gateway_env = {"LORAFLEET_REVIEW_URL": REVIEW, "LORAFLEET_REVIEW_TOKEN": review_env["LORAFLEET_REVIEW_ADMIN_TOKEN"]}
+    gateway_env = {"LORAFLEET_REVIEW_URL": REVIEW, "LORAFLEET_REVIEW_TOKEN": review_env["LORAFLEET_REVIEW_ADMIN_TOKEN"],
+                   "LORAFLEET_UPSTREAM_API_KEY": secret("engine_key", token),
+                   # Rounds of the canary watch: a degraded canary is rolled back within seconds of its evidence.
+                   "LORAFLEET_CANARY_INTERVAL": "2"}
     gateway_pid = start_background("gateway", [
-        "serve", "--port", str(GATEWAY_PORT), "--review-url", REVIEW,
+        # In front of the two running engines: QLoRA adapters go to the nf4 one, the rest to the base.
+        "serve", "--port", str(GATEWAY_PORT), "--upstream", engine_url("full"),
+        "--variant-upstream", f"nf4={engine_url('nf4')}", "--review-url", REVIEW,
         "--review-token", review_env["LORAFLEET_REVIEW_ADMIN_TOKEN"], "--capture", "support-intents=1.0",
         "--review-queue", "live-capture",  # the queue created above (the default, capture, does not exist here)
     ], gateway_env)
-    # The gateway listens once its vLLM child has loaded the base (60-90 s on 2 cores, more when busy).
-    wait_http(f"{GATEWAY}/health", "gateway and its vLLM child", 600, gateway_pid)
+    wait_http(f"{GATEWAY}/health", "gateway", 600, gateway_pid)
     wait_http_ready(gateway_pid)
     key = secret("api_key", lambda: create_key())
     console.print(f"demo API key stored in {SECRETS} (key {key[:10]}…)")
@@ -201,7 +282,7 @@ def step_services() -> None:
 
 def wait_http_ready(pid: int) -> None:
     deadline = time.monotonic() + 600
-    with console.status("waiting for vLLM to load the base model (60–90 s on 2 cores) …"):
+    with console.status("waiting for the gateway to see its upstreams ready …"):
         while time.monotonic() < deadline:
             if not pid_alive(pid):
                 raise SystemExit(f"demo: the gateway exited; see {DEMO / 'logs' / 'gateway.log'}")
@@ -261,6 +342,27 @@ def step_grade() -> None:
     lorafleet("eval", "rescore", str(run), "--grades", str(grades), "--endpoint", GATEWAY, ok=(0, 1), env=eval_env())
 
 
+def step_promote() -> None:
+    """`adapters promote` reads each version's evidence (eval gates, paired gain, fidelity, forgetting, review)
+    against its name's policy; a wrecked support-intents@v2 is evaluated and refused on its own evidence."""
+    lorafleet("review", "sync-cards")  # the reviewer's grades on the cards now, not a writer round later
+    for task in TASKS:
+        policy = REPO / "examples" / "policies" / f"{task}.yaml"
+        if policy.exists():
+            lorafleet("adapters", "policy", task, "--set", str(policy.relative_to(REPO)))
+        # ok=1: a rerun on a registry whose prod already names an equal earlier version is (rightly) refused.
+        lorafleet("adapters", "promote", f"{task}@v1", "--to", "prod", ok=(0, 1))
+    wrecked = DEMO / "wrecked-support-intents"
+    cmd = ["scripts/wreck_adapter.py", str(REGISTRY / "support-intents" / "v1"), str(wrecked)]
+    console.print(f"[dim]$ python {' '.join(cmd)}[/]", highlight=False)
+    subprocess.run([sys.executable, *cmd], cwd=REPO, check=True)
+    lorafleet("adapters", "import", str(wrecked), "--name", "support-intents", env=engine_env("full"))
+    lorafleet("eval", "run", "examples/suites/support-intents-quick.yaml", "--endpoint", GATEWAY,
+              "--out", str(DEMO / "eval" / "support-intents-v2"), "--concurrency", str(EVAL_CONCURRENCY),
+              ok=(0, 1), env=eval_env())
+    lorafleet("adapters", "promote", WRECKED, "--to", "prod", ok=(1,))
+
+
 OFF_DISTRIBUTION = ["Write a haiku about autumn rain on a tin roof.", "What is 17 multiplied by 23?",
                     "Translate 'good morning' into French and Spanish.", "Explain photosynthesis to a child.",
                     "List three prime numbers larger than fifty.", "Who painted the Mona Lisa?",
@@ -283,13 +385,42 @@ def step_capture() -> None:
     console.print(f"[bold]now {len(off)} prompts unlike anything support-intents was trained on:[/]")
     ask(client, off, show=False, max_tokens=8)
     monitor("drift after off-distribution traffic")
+    canary(client, prompts)
 
 
-def ask(client: object, prompts: list[str], *, show: bool = True, max_tokens: int = 32) -> None:
+def canary(client: object, prompts: list[str]) -> None:
+    """Force the refused support-intents@v2 out as a 50% canary of prod: the gateway sees it answer off-label
+    (its INVALID rate against v1's) and moves prod back to v1 by itself, recording why on the card."""
+    lorafleet("adapters", "promote", WRECKED, "--to", "prod", "--canary", "50", "--force",
+              "--reason", "demo: a degraded canary, to watch the gateway roll it back")
+    time.sleep(1.5)  # the watcher reads running canaries every second
+    users = [f"canary-user-{i}" for i in range(60)]
+    deadline = time.monotonic() + 120
+    with console.status("traffic on support-intents@prod until the gateway decides …"):
+        while time.monotonic() < deadline and prod_versions() != {"v1"}:
+            ask(client, [prompts[i % len(prompts)] for i in range(len(users))], show=False, max_tokens=16,
+                users=users)
+            time.sleep(2)
+    rolled = prod_versions() == {"v1"}
+    console.print(f"support-intents@prod → {', '.join(sorted(prod_versions()))}"
+                  f"{' (rolled back by the gateway)' if rolled else ' (NOT rolled back within 120 s)'}")
+    lorafleet("adapters", "show", WRECKED)
+
+
+def prod_versions() -> set[str]:
+    out = lorafleet("adapters", "show", "support-intents@prod", "--json", capture=True).stdout
+    shares = json.loads(out).get("aliases", {}).get("prod")
+    return set(shares) if isinstance(shares, dict) else {json.loads(out)["version"]}
+
+
+def ask(client: object, prompts: list[str], *, show: bool = True, max_tokens: int = 32,
+        users: list[str] | None = None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i: int) -> object:
-        return client.chat.completions.create(model="support-intents", user=f"demo-user-{i}", max_tokens=max_tokens,
+        user = users[i] if users else f"demo-user-{i}"
+        # @prod: what production traffic asks for (the bare name would follow latest, the wrecked v2).
+        return client.chat.completions.create(model="support-intents@prod", user=user, max_tokens=max_tokens,
                                               temperature=0, messages=[{"role": "user", "content": prompts[i]}])
 
     with ThreadPoolExecutor(8) as pool:
@@ -329,6 +460,8 @@ def summary() -> None:
                 console.print(f"{task}: {line}", highlight=False)
     for line in human_lines(DEMO / "eval" / "ticket-summaries"):
         console.print(f"ticket-summaries: {line}", highlight=False)
+    for line in evidence_lines():
+        console.print(line, highlight=False)
     for title, rows in load_json(DEMO / "drift.json").items():
         for r in rows:
             far = "-" if r.get("input_far_share") is None else f"{r['input_far_share']:.2f}"
@@ -396,6 +529,44 @@ def baseline_verdicts(data: dict) -> list[str]:
     return lines
 
 
+def evidence_lines() -> list[str]:
+    """Per version, from its card: the base it is served on, fidelity, forgetting, and every promotion decision."""
+    lines = []
+    for ref in [*(f"{t}@v1" for t in TASKS), WRECKED]:
+        result = lorafleet("adapters", "show", ref, "--json", capture=True, ok=(0, 1, 2), quiet=True)
+        if result.returncode != 0:
+            continue
+        card = json.loads(result.stdout)
+        lines.append(f"[bold]{ref}[/] served on the {(card.get('trained_on') or {}).get('variant', 'full')} base; "
+                     f"{fidelity_text(card.get('fidelity') or {})}; {forgetting_text(card.get('forgetting') or {})}")
+        for d in card.get("decisions") or []:
+            failed = [c["item"] for c in d.get("checks", []) if not c.get("ok")]
+            why = f": {d['reason']}" if d.get("reason") else ""
+            why += f" (failed: {', '.join(failed)})" if failed else ""
+            share = f" at {d['percent']:g}%" if d.get("percent") not in (None, 100) else ""
+            forced = " (forced)" if d.get("forced") else ""
+            lines.append(f"  {d['kind']}{forced} → {d.get('alias')}{share} by {d.get('who')}{why}")
+    return lines
+
+
+def fidelity_text(f: dict) -> str:
+    if f.get("token_agreement") is None:
+        return f"fidelity {f.get('skipped', 'not checked')}"
+    return (f"fidelity {'pass' if f.get('passed') else 'FAIL'} (token agreement {f['token_agreement']:.3f}, mean "
+            f"|Δ logprob| {f['mean_abs_logprob_diff']:.4f} vs HF+PEFT, {f.get('tokens')} tokens, "
+            f"{f.get('engine_dtype')})")
+
+
+def forgetting_text(f: dict) -> str:
+    drop = (f.get("drop") or {}).get(f.get("metric", "rougeL"))
+    if not drop:
+        return f"forgetting {f.get('skipped', 'not measured')}"
+    lo, hi = drop["ci"]
+    verdict = {True: "pass", False: "FAIL"}.get(f.get("passed"), "no gate")
+    return (f"forgetting {verdict}: {f.get('metric', 'rougeL')} drop vs the base's own answers {drop['value']:+.3f} "
+            f"[{lo:+.3f}, {hi:+.3f}] (n={f.get('samples')}, max_drop {f.get('max_drop')})")
+
+
 def human_lines(run: Path) -> list[str]:
     """The scripted reviewer's grades against ROUGE-L (the rule it follows) and against the judge (κ)."""
     lines = []
@@ -426,11 +597,13 @@ STEPS: list[tuple[str, Callable[[], None], bool]] = [
     # (title, function, resumable: skipped when done before)
     ("prepare the embedded base model", step_base, True),
     ("generate, check and split the example datasets", step_data, True),
-    *[(f"train the {t} adapter", train_step(t), True) for t in TASKS],
+    ("start vLLM on the base and on its nf4 twin", step_engines, False),
+    *[(f"train the {t} adapter (fidelity + forgetting checked)", train_step(t), True) for t in TASKS],
     ("start the gateway (vLLM + LoRA) and the review app", step_services, False),
     *[(f"evaluate base vs {t} through the gateway", eval_step(t), True) for t in TASKS],
     ("grade the summaries with a scripted reviewer: metric ↔ grade, judge κ", step_grade, True),
-    ("capture live requests into review", step_capture, True),
+    ("promote each adapter to prod on its evidence; refuse a wrecked one", step_promote, True),
+    ("capture live requests into review; a degraded canary rolls itself back", step_capture, True),
 ]
 
 
