@@ -96,6 +96,13 @@ MAKE = {  # README command → what `make -n` must show it runs
     "make stop": "scripts/demo.py --stop",
     "LORAFLEET_ENGINE=gpu make install": "scripts/install.sh .venv train,gpu,dev",
 }
+PROMOTE = (  # run for real by `make demo` (scripts/demo.py) and the promotion/variant tests; parsed here
+    "lorafleet base prepare --variant nf4",
+    "lorafleet adapters policy support-intents --set examples/policies/support-intents.yaml",
+    "lorafleet adapters promote support-intents@v2 --to prod",
+    "lorafleet adapters promote support-intents@v2 --to prod --canary 10",
+    "lorafleet adapters promote support-intents@v2 --to prod --finish",
+)
 OTHER = (".venv/bin/lorafleet --help", "lorafleet base prepare")
 
 
@@ -248,13 +255,14 @@ def bash_words(text: str) -> list[str]:
 def test_every_readme_command_is_run_here() -> None:
     markdown = readme_text()
     in_readme = set(bash_commands(markdown)) | set(inline_commands(markdown))
-    here = {*DATA_TRAIN, *SERVE_TOUR, *REGISTRY, *REVIEW, *MAKE, *OTHER}
+    here = {*DATA_TRAIN, *SERVE_TOUR, *REGISTRY, *REVIEW, *PROMOTE, *MAKE, *OTHER}
     assert in_readme - here == set(), "README commands no test runs: map each to a test here"
     assert here - in_readme == set(), "this test runs commands the README no longer has"
     assert len(fenced(markdown, "python")) == 1  # the OpenAI SDK snippet, run by test_serve_sdk_and_eval_tour
 
 
-@pytest.mark.parametrize("text", sorted({*DATA_TRAIN, *SERVE_TOUR, *REGISTRY, *REVIEW, "lorafleet base prepare"}))
+@pytest.mark.parametrize("text", sorted({*DATA_TRAIN, *SERVE_TOUR, *REGISTRY, *REVIEW, *PROMOTE,
+                                         "lorafleet base prepare"}))
 def test_readme_lorafleet_line_parses(text: str) -> None:
     words = bash_words(fill(text, {"<key>": "lf-placeholder", "<run>": "run-1"}))
     assert Path(words[0]).name == "lorafleet"
