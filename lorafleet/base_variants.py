@@ -87,21 +87,24 @@ def base_digest(folder: Path) -> str | None:
     return h.hexdigest()
 
 
-def nf4_config() -> Any:
-    """The BitsAndBytesConfig of a QLoRA load: nf4, double quantisation, fp32 compute."""
+def nf4_config(compute_dtype: str = "float32") -> Any:
+    """The BitsAndBytesConfig of a QLoRA load: nf4, double quantisation, fp32 compute (bf16 on a GPU
+    with it, for training only: the twin is always written from the fp32-compute load)."""
     import torch
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.float32)
+                              bnb_4bit_compute_dtype=getattr(torch, compute_dtype))
 
 
-def load_nf4(base: Path) -> Any:
-    """The base loaded as QLoRA training loads it (before prepare_model_for_kbit_training)."""
+def load_nf4(base: Path, compute_dtype: str = "float32") -> Any:
+    """The base loaded as QLoRA training loads it (before prepare_model_for_kbit_training). The
+    weights are read in float32 whatever `compute_dtype`, so the nf4 codes match the twin's."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(base, quantization_config=nf4_config(), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(base, quantization_config=nf4_config(compute_dtype),
+                                                dtype=torch.float32)
 
 
 def check_quantisable(base: Path) -> None:

@@ -40,6 +40,11 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in backward: far less memory on big bases, ~30% slower.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="Compute dtype: auto is bf16 on a CUDA GPU that has it, else fp32 (CPU).")
+    serving_check: bool = Field(
+        default=True, description="QLoRA: also measure the adapter as served (on the full-precision weights of "
+                                  "the nf4 twin; bf16 on a GPU): a second copy of the base in memory.")
     max_length: int = Field(default=256, ge=8)
     on_overlong: Literal["drop", "truncate", "error"] = "drop"
     allow_leakage: bool = Field(default=False, description="Train even if val rows also appear in train.")
@@ -85,7 +90,8 @@ class TrainConfig(BaseModel):
     def hyperparameters(self) -> dict[str, Any]:
         """What goes into the card's `training` and MLflow params."""
         return self.model_dump(mode="json", exclude={"name", "train", "val", "base", "resume", "samples",
-                                                     "track", "register_version"})
+                                                     "track", "register_version", "precision",
+                                                     "serving_check"})
 
 
 def config_error(exc: ValidationError, source: str = "flag") -> ConfigError:

@@ -50,13 +50,14 @@ def base_val_loss(trainer: Any) -> float | None:
         return float(trainer.evaluate(metric_key_prefix="base")["base_loss"])
 
 
-def serving_model(base: Any, adapter_dir: Any, device: Any = "cpu") -> Any:
+def serving_model(base: Any, adapter_dir: Any, device: Any = "cpu", bf16: bool = False) -> Any:
     """The adapter on the full-precision base, as vLLM serves it (a QLoRA run trained on nf4 weights),
-    on `device`: the one the trainer's batches come to."""
+    on `device`: the one the trainer's batches come to; in bf16 when training was (a 7B base in fp32
+    would take ~28 GB of GPU memory)."""
     from lorafleet.train.model import load_base
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_base(base, qlora=False), str(adapter_dir)).to(device)
+    model = PeftModel.from_pretrained(load_base(base, qlora=False, bf16=bf16), str(adapter_dir)).to(device)
     model.eval()
     return model
 

@@ -49,13 +49,16 @@ def reference_logprobs(base_dir: Path, adapter_dir: Path,
                        sequences: list[tuple[list[int], list[int]]]) -> list[tuple[list[float], list[int]]]:
     """For each (prompt ids, generated ids): the logprob PEFT gives each generated token, and its argmax there.
 
-    float32 on CPU: the reference is the model as trained, whatever dtype the engine serves in."""
+    float32 on CPU: the reference is the model as trained, whatever dtype the engine serves in; on a GPU
+    with bf16 (as training there) bf16 on the GPU: a 7B base in float32 would need ~28 GB."""
     import torch
+    from lorafleet.train.precision import device, torch_dtype, use_bf16
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    where = device()
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch_dtype(use_bf16("auto")))
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).to(where)
     model.eval()
     out = []
     with torch.inference_mode():
@@ -63,10 +66,10 @@ def reference_logprobs(base_dir: Path, adapter_dir: Path,
             if not generated:
                 out.append(([], []))
                 continue
-            ids = torch.tensor([prompt + generated])
+            ids = torch.tensor([prompt + generated], device=where)
             logits = model(input_ids=ids).logits[0, len(prompt) - 1: -1].float()
             logp = torch.log_softmax(logits, dim=-1)
-            chosen = logp.gather(1, torch.tensor(generated).unsqueeze(1)).squeeze(1)
+            chosen = logp.gather(1, torch.tensor(generated, device=where).unsqueeze(1)).squeeze(1)
             out.append((chosen.tolist(), logp.argmax(dim=-1).tolist()))
     return out
 

@@ -40,15 +40,16 @@ def on_cpu() -> bool:
     return not torch.accelerator.is_available()
 
 
-def load_base(base: Path, *, qlora: bool, gradient_checkpointing: bool = False) -> Any:
-    """fp32 on CPU (bf16 autocast is slower there); nf4 4-bit weights with fp32 compute for QLoRA.
+def load_base(base: Path, *, qlora: bool, gradient_checkpointing: bool = False, bf16: bool = False) -> Any:
+    """fp32 on CPU (bf16 autocast is slower there), bf16 when asked (a GPU with it: train.precision);
+    nf4 4-bit weights with fp32 (or bf16) compute for QLoRA.
     With `gradient_checkpointing` each decoder layer's activations are recomputed in backward
     instead of kept: on a big base they, not the weights, dominate LoRA/QLoRA peak memory."""
-    import torch
+    from lorafleet.train.precision import torch_dtype
     from transformers import AutoModelForCausalLM
 
     if not qlora:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(bf16))
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
             # The frozen base leaves no input of the checkpointed layers requiring grad; reentrant
@@ -57,8 +58,9 @@ def load_base(base: Path, *, qlora: bool, gradient_checkpointing: bool = False) 
         return model
     from peft import prepare_model_for_kbit_training
 
-    # The same load the nf4 twin is made from (lorafleet.base_variants), so it holds these very weights.
-    model = load_nf4(base)
+    # The same load the nf4 twin is made from (lorafleet.base_variants), so it holds these very weights;
+    # only the matmuls' compute dtype follows bf16 (it changes no stored nf4 code).
+    model = load_nf4(base, compute_dtype="bfloat16" if bf16 else "float32")
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
 

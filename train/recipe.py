@@ -26,6 +26,7 @@ from lorafleet.train.card import build_card
 from lorafleet.train.config import TrainConfig
 from lorafleet.train.efficacy import Sample, base_val_loss, serving_model, side_by_side, val_loss_of
 from lorafleet.train.model import CHECKPOINTING_KWARGS, check_base, load_base, load_tokenizer, lora_config, on_cpu
+from lorafleet.train.precision import use_bf16
 from lorafleet.train.servable import check_saved_adapter, check_targets, module_names
 from lorafleet.train.settings import tracking_uri
 from lorafleet.train.tracking import Tracker
@@ -102,6 +103,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
 
     base = Path(config.base or settings.base_dir)
     check_base(base)
+    bf16 = use_bf16(config.precision)  # before any load: --precision bf16 without a bf16 GPU is refused here
     # The base variant the adapter is trained on, and so served on: a QLoRA run writes the base's nf4
     # twin when it is missing (lorafleet.base_variants), once, before any process loads a model.
     if config.qlora and main:
@@ -116,7 +118,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
     from peft import get_peft_model
 
     torch.manual_seed(config.seed)
-    model = load_base(base, qlora=config.qlora, gradient_checkpointing=config.gradient_checkpointing)
+    model = load_base(base, qlora=config.qlora, gradient_checkpointing=config.gradient_checkpointing, bf16=bf16)
     base_names = module_names(model)
     check_targets(config.target_modules, base_names)
     model = get_peft_model(model, lora_config(config))
@@ -141,10 +143,10 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
             save_adapter(trainer.model, adapter_dir)
         processes.wait_for_everyone()
         served, serving_loss = trainer.model, None
-        if config.qlora:
+        if config.qlora and config.serving_check:
             # The gateway serves a QLoRA adapter on the nf4 twin (its matched base): measure (and sample)
-            # the adapter there, in plain float weights, as users will get it.
-            served = serving_model(Path(trained.path or base), adapter_dir, device=trainer.args.device)
+            # the adapter there, in plain float weights, as users will get it (bf16 where training was).
+            served = serving_model(Path(trained.path or base), adapter_dir, device=trainer.args.device, bf16=bf16)
             serving_loss = val_loss_of(served, trainer.get_eval_dataloader()) if val_ex else None
         if not main:
             return None
@@ -266,7 +268,8 @@ def apply_max_lengths(config: TrainConfig, tokenizer: Any, train_ex: list[Any],
 
 
 def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: list[Any], val_ex: list[Any],
-                  run_dir: Path, tracker: Tracker, console: Console, show_progress: bool) -> tuple[Any, Any]:
+                  run_dir: Path, tracker: Tracker, console: Console, show_progress: bool,
+                  bf16: bool = False) -> tuple[Any, Any]:
     from datasets import Dataset
     from lorafleet.train.progress import ProgressAndTracking
     from lorafleet.train.trainer import LeanSFTTrainer
@@ -284,7 +287,7 @@ def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: lis
         load_best_model_at_end=has_val, metric_for_best_model="eval_loss", greater_is_better=False,
         report_to="none", disable_tqdm=True, max_length=config.max_length, truncation_mode="keep_start",
         completion_only_loss=True, packing=False, prediction_loss_only=True, dataloader_num_workers=0,
-        bf16=False, fp16=False, use_cpu=on_cpu(),
+        bf16=bf16, fp16=False, use_cpu=on_cpu(),
         # Explicit: TRL's SFTConfig turns checkpointing on by default, which we only want when asked.
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs=dict(CHECKPOINTING_KWARGS),

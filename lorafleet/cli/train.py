@@ -39,6 +39,11 @@ def train(
     gradient_checkpointing: Annotated[bool | None, typer.Option(
         "--gradient-checkpointing/--no-gradient-checkpointing",
         help="Recompute activations in backward: much less memory on big bases, ~30% slower.")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto | fp32 | bf16: auto is bf16 on a CUDA GPU that has it, else fp32 (CPU).")] = None,
+    serving_check: Annotated[bool | None, typer.Option(
+        "--serving-check/--no-serving-check",
+        help="QLoRA: also measure the adapter as served (a second, full-precision copy of the base).")] = None,
     on_overlong: Annotated[str | None, typer.Option(help="drop | truncate | error for longer examples.")] = None,
     allow_leakage: Annotated[bool | None, typer.Option(
         "--allow-leakage", help="Train although val rows are in train.")] = None,
@@ -74,7 +79,7 @@ def train(
         "base": base, "train": train_file, "val": val, "name": name, "qlora": qlora, "rank": rank, "alpha": alpha,
         "target_modules": target_modules.split(",") if target_modules else None, "epochs": epochs,
         "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "max_length": max_length,
-        "gradient_checkpointing": gradient_checkpointing,
+        "gradient_checkpointing": gradient_checkpointing, "precision": precision, "serving_check": serving_check,
         "on_overlong": on_overlong, "allow_leakage": allow_leakage, "allow_held_out": allow_held_out,
         "eval_steps": eval_steps,
         "patience": patience, "seed": seed, "resume": resume, "samples": samples,
