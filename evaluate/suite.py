@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from lorafleet.evaluate.judge_spec import JudgeSpec, check_judge, is_judge_metric
 from lorafleet.evaluate.metrics import FAMILY_OF, families_for
-from lorafleet.evaluate.yaml_lines import line_of, load_yaml_with_lines
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorafleet.errors import ConfigError
 from lorafleet.formats import FormatName
+from lorafleet.yaml_lines import line_of, load_yaml_with_lines
 
 BASE = "base"
 _GATE_RE = re.compile(r"^\s*([A-Za-z_][\w+]*)\s*(>=|<=|>|<)\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")

@@ -1,7 +1,8 @@
-"""YAML with the line of every key, so a policy's validation error can name file:line (core's own copy)."""
+"""YAML with the line of every key, so a validation error (suite, policy) can name file:line."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -37,6 +38,14 @@ def parse_with_lines(text: str, where: str) -> tuple[Any, dict[KeyPath, int]]:
     if node is not None:
         _walk(node, (), lines)
     return data, lines
+
+
+def load_yaml_with_lines(path: Path) -> tuple[Any, dict[KeyPath, int]]:
+    """`parse_with_lines` of a file; a missing file is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file", hint="check the path")
+    return parse_with_lines(path.read_text(encoding="utf-8"), str(path))
 
 
 def line_of(lines: dict[KeyPath, int], loc: tuple[Any, ...]) -> int | None:

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lorafleet.errors import ConfigError
 from lorafleet.fsutil import atomic_write_text
 from lorafleet.promotion.canary_state import CanaryThresholds, CanaryWindow
-from lorafleet.promotion.yaml_lines import line_of, parse_with_lines
 from lorafleet.registry import Registry
+from lorafleet.yaml_lines import line_of, parse_with_lines
 
 POLICY_FILE = "policy.yaml"
 
