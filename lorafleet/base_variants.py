@@ -37,7 +37,7 @@ from lorafleet.base_model import (
 )
 from lorafleet.card import AdapterCard, TrainedOn
 from lorafleet.errors import BaseModelError
-from lorafleet.fsutil import atomic_write_json, fsync_dir, sha256_file
+from lorafleet.fsutil import atomic_write_json, replace_dir, sha256_file
 
 FULL = "full"
 NF4 = "nf4"
@@ -145,11 +145,7 @@ def prepare_nf4(base: Path, out: Path, *, force: bool = False) -> BaseManifest:
             library_versions={p: _version(p) for p in ("torch", "transformers", "bitsandbytes")},
         )
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
-        fsync_dir(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        fsync_dir(out.parent)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +30,15 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` where `out` is: readers see the old folder or the whole new one."""
+    fsync_dir(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    fsync_dir(out.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
