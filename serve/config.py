@@ -52,6 +52,16 @@ class ServeSettings(Settings):
     vllm_ready_timeout: float = Field(default=READY_TIMEOUT_S, gt=0,
                                       description="Seconds a vLLM child may take to answer after each start.")
     kv_cache_gb: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU child.")
+    # GPU children (LORAFLEET_ENGINE=gpu): the flags a 7-8B base needs; ignored on the CPU engine.
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="LORAFLEET_GPU_MEMORY_UTILIZATION: share of GPU memory a vLLM child "
+                                              "takes (--gpu-memory-utilization); unset: vLLM's 0.9. GPU only.")
+    max_cpu_loras: int | None = Field(
+        default=None, ge=1, description="LORAFLEET_MAX_CPU_LORAS: adapters vLLM keeps in host memory "
+                                        "(--max-cpu-loras, >= max_loras); unset: max(hot_set, max_loras).")
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, description="LORAFLEET_TENSOR_PARALLEL_SIZE: GPUs one vLLM child splits the base over "
+                                     "(--tensor-parallel-size). GPU only.")
     vllm_omp_bind: str = Field(default="all", pattern=r"^(all|auto|nobind|[0-9,|-]+)$",
                                description="VLLM_CPU_OMP_THREADS_BIND for the CPU child: all (every usable "
                                            "CPU; 1.9x vLLM's auto on 2 cores), auto, nobind or a CPU list.")
@@ -135,9 +145,13 @@ class ServeSettings(Settings):
                      extra_args: list[str] | None = None) -> VllmLaunch:
         """How the gateway starts a vLLM child: the one place these settings become a launch line."""
         launch = VllmLaunch(model=model, served_name=served_name, max_loras=self.max_loras,
-                            max_lora_rank=self.max_lora_rank, max_cpu_loras=max(self.hot_set, self.max_loras),
+                            max_lora_rank=self.max_lora_rank,
+                            max_cpu_loras=self.max_cpu_loras or max(self.hot_set, self.max_loras),
                             kv_cache_gb=self.kv_cache_gb, lora_plugin=self.lora_plugin, omp_bind=self.vllm_omp_bind,
-                            dtype=self.vllm_dtype, extra_args=[*self.vllm_args, *(extra_args or [])], port=port,
+                            dtype=self.vllm_dtype, engine=self.engine,
+                            gpu_memory_utilization=self.gpu_memory_utilization,
+                            tensor_parallel_size=self.tensor_parallel_size,
+                            extra_args=[*self.vllm_args, *(extra_args or [])], port=port,
                             log_path=self.data_dir / "logs" / log_name, ready_timeout=self.vllm_ready_timeout)
         if self.vllm_program:
             launch.program = list(self.vllm_program)
@@ -148,6 +162,9 @@ class ServeSettings(Settings):
         if self.no_auth and not is_loopback(self.host):
             raise ConfigError(f"--no-auth with host {self.host!r}",
                               hint="--no-auth is only allowed on a loopback host such as 127.0.0.1")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ConfigError(f"max_cpu_loras {self.max_cpu_loras} is below max_loras {self.max_loras}",
+                              hint="vLLM refuses that: set LORAFLEET_MAX_CPU_LORAS >= --max-loras, or leave it unset")
         if self.capture and not self.review_url:
             raise ConfigError("capture is on but no review URL is set", hint="pass --review-url URL")
         if child and not self.upstreams and not self.vllm_program and not (self.base_dir / "config.json").is_file():

