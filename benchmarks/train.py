@@ -86,6 +86,9 @@ SHAPES: dict[str, dict] = {
              "intermediate_size": 1536, "vocab_size": 49152},
     "1.7b": {"hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 32,
              "intermediate_size": 8192, "vocab_size": 49152},
+    # Llama-3-8B's shape (GQA 32/8, vocab 128k; embeddings tied here like the other shapes): issue 19's GPU run.
+    "8b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "intermediate_size": 14336, "vocab_size": 128256},
 }
 SHAPE_MODES = ("full", "full-bf16", "lora", "qlora")
 # The recipe's (lorafleet.train.model.CHECKPOINTING_KWARGS), copied: this path imports nothing from lorafleet.
@@ -272,6 +275,8 @@ def shape_bench(args: argparse.Namespace) -> None:
     """Every mode on every requested shape, one subprocess each; a table per shape (and --json)."""
     shapes = [s.strip() for s in args.shape.split(",") if s.strip()]
     modes = SHAPE_MODES if args.device == "cuda" else CPU_SHAPE_MODES
+    if args.modes:  # e.g. lora,qlora at 8b, where full FT's fp32 weights + AdamW (~128 GB) do not fit
+        modes = tuple(m for m in modes if m in args.modes.split(","))
     report = {"device": args.device, "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
               "seq_len": args.seq_len, "precision": GPU_PRECISION if args.device == "cuda" else "fp32",
               "grad_ckpt": args.grad_ckpt, "shapes": {}}
@@ -340,6 +345,7 @@ def main() -> None:
     parser.add_argument("--grad-ckpt", action="store_true",
                         help="gradient checkpointing in every mode (--shape only)")
     parser.add_argument("--build", help=argparse.SUPPRESS)
+    parser.add_argument("--modes", help=f"comma-separated subset of {', '.join(SHAPE_MODES)} (--shape only)")
     parser.add_argument("--shape-worker", choices=SHAPE_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
