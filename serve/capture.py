@@ -10,12 +10,15 @@ import logging
 import random
 import uuid
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
 from lorafleet.serve.metrics import Metrics
 
 from lorafleet.samples import AsyncSampleSink, PushResult, QueueCheck, RefusalReason, ReviewClient, ReviewItem
+
+if TYPE_CHECKING:
+    from lorafleet.serve.config import ReviewSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,13 @@ class Capture:
         self.queue_check: QueueCheck | None = None  # the start-up check's answer, once it came
 
     @classmethod
-    def from_settings(cls, rates: dict[str, float], review_url: str | None, token: str | None, queue: str,
-                      spool: Path, metrics: Metrics,
+    def from_settings(cls, review: ReviewSettings, spool: Path, metrics: Metrics,
                       transport: httpx.BaseTransport | None = None) -> Capture:
-        if not rates or not review_url:
+        """The gateway's capture from its review group (off without rates or a review URL)."""
+        if not review.capture or not review.url:
             return cls({}, None)
-        client = CountingReviewClient(review_url, token or "", spool, metrics, transport=transport)
-        return cls(rates, AsyncSampleSink(client, queue))
+        client = CountingReviewClient(review.url, review.secret() or "", spool, metrics, transport=transport)
+        return cls(review.capture, AsyncSampleSink(client, review.queue))
 
     def wants(self, adapter: str) -> bool:
         rate = self.rates.get(adapter, 0.0)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -44,6 +44,9 @@ from lorafleet.formats import read_records_lenient, to_chat
 from lorafleet.heldout import heldout_text
 from lorafleet.registry import Registry
 from lorafleet.textsig import NUM_PERM, SEED, shingles
+
+if TYPE_CHECKING:
+    from lorafleet.serve.config import DriftSettings
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,14 @@ class DriftMonitor:
         self._seq = 0
 
     # ---- the request path: O(1) ------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, registry: Registry, metrics: Metrics, drift: DriftSettings) -> DriftMonitor | None:
+        """The gateway's drift monitor from its drift group; None when drift is off."""
+        if not drift.enabled:
+            return None
+        return cls(registry, metrics, window=drift.window, far_threshold=drift.far_threshold,
+                   max_train=drift.train_max)
+
     def wants_text(self, adapter: str, version: str) -> bool:
         """Should the proxy collect this version's output text? Only label tasks need it (or: not known yet)."""
         profile = self._profiles.get((adapter, version))

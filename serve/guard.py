@@ -58,10 +58,10 @@ class Guard:
     def __init__(self, app: ASGIApp, *, state: GatewayState) -> None:
         self.app = app
         self.state = state
-        self.limit = state.settings.max_body_bytes
-        token = state.settings.metrics_token
-        self.metrics_token = token.get_secret_value().encode() if token else None
-        self.metrics_open = self.metrics_token is None and (state.settings.no_auth or is_loopback(state.settings.host))
+        auth = state.settings.auth
+        self.limit = auth.max_body_bytes
+        self.metrics_token = auth.metrics_token.get_secret_value().encode() if auth.metrics_token else None
+        self.metrics_open = self.metrics_token is None and (auth.no_auth or is_loopback(state.settings.host))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -17,9 +17,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lorafleet.serve.metrics import Metrics
 from lorafleet.serve.upstream import HttpUpstream, UpstreamError
+
+if TYPE_CHECKING:
+    from lorafleet.serve.config import RoutingSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,13 @@ class Replica:
         self._adapter_in_flight: collections.Counter[str] = collections.Counter()
         self.hot = HotSet(upstream, self._adapter_in_flight, capacity=hot_set, metrics=metrics,
                           base_name=base_name, probe=probe)
+
+    @classmethod
+    def from_settings(cls, upstream: HttpUpstream, routing: RoutingSettings, *, metrics: Metrics, base_name: str,
+                      variant: str = DEFAULT_VARIANT) -> Replica:
+        """One replica with the routing group's hot set and probe."""
+        return cls(upstream, hot_set=routing.hot_set, metrics=metrics, base_name=base_name, probe=routing.probe,
+                   variant=variant)
 
     @property
     def url(self) -> str:

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lorafleet.serve.metrics import BASE_LABEL, NO_VERSION
 from lorafleet.serve.protocol import ApiError, model_not_found
@@ -28,6 +29,9 @@ from lorafleet.serve.upstream import UpstreamError
 from lorafleet.errors import InvalidNameError, NotFoundError, RegistryError
 from lorafleet.refs import parse_ref
 from lorafleet.registry import ALIASES_FILE, Registry, ResolvedAdapter
+
+if TYPE_CHECKING:
+    from lorafleet.serve.config import RoutingSettings
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,12 @@ class ReplicaChooser:
         self.ring = HashRing([r.name for r in replicas], vnodes=vnodes)
         # (replica name, "base" | "home" | "spread" | "spill") after each pick: the routing counter
         self.on_decision: Callable[[str, str], None] | None = None
+
+    @classmethod
+    def from_settings(cls, replicas: list[Replica], routing: RoutingSettings) -> ReplicaChooser:
+        """The gateway's chooser, from its routing group."""
+        return cls(replicas, saturated_at=routing.saturated_at, spread_at=routing.spread_at,
+                   vnodes=routing.ring_vnodes)
 
     def load(self, replica: Replica) -> int:
         """How busy a replica is: requests the gateway has in flight there plus vLLM's own queue."""

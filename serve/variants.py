@@ -65,21 +65,20 @@ class Variants:
         self.metrics = metrics
         self.base_name = base_name
         # whether a variant without a configured upstream may get a vLLM child of its own
-        self.children = children and settings.variant_children
+        self.children = children and settings.upstream.variant_children
         self.supervisors: list[ChildSupervisor] = []
         self.start_child: StartChild = self._start_child  # tests put a fake here
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._failed: dict[str, tuple[float, str]] = {}
-        key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-        for variant, urls in settings.variant_upstream_urls().items():
+        key = settings.upstream.key()
+        for variant, urls in settings.upstream.variant_urls().items():
             for i, url in enumerate(urls):
-                self.attach(HttpUpstream(f"{variant}-{i}", url, key, request_timeout=settings.request_timeout,
-                                         connect_timeout=settings.connect_timeout), variant)
+                self.attach(settings.upstream.client(f"{variant}-{i}", url, key), variant)
 
     def attach(self, upstream: HttpUpstream, variant: str) -> Replica:
         """Route `variant`'s adapters to this upstream too (health-checked with the others)."""
-        replica = Replica(upstream, hot_set=self.settings.hot_set, metrics=self.metrics, base_name=self.base_name,
-                          probe=self.settings.probe, variant=variant)
+        replica = Replica.from_settings(upstream, self.settings.routing, metrics=self.metrics,
+                                        base_name=self.base_name, variant=variant)
         self.pool.replicas.append(replica)
         if self.chooser.replicas is not self.pool.replicas:
             self.chooser.replicas.append(replica)
@@ -137,9 +136,8 @@ class Variants:
 
     async def _start_child(self, variant: str, serving: ServingBase) -> tuple[HttpUpstream, ChildSupervisor]:
         launch = variant_launch(self.settings, serving, self.base_name)
-        upstream = HttpUpstream(f"{variant}-local", f"http://127.0.0.1:{launch.port}", launch.api_key,
-                                request_timeout=self.settings.request_timeout,
-                                connect_timeout=self.settings.connect_timeout)
+        upstream = self.settings.upstream.client(f"{variant}-local", f"http://127.0.0.1:{launch.port}",
+                                                 launch.api_key)
         watched = _Pending()
         supervisor = ChildSupervisor(launch, watched)
         try:

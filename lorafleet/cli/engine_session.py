@@ -26,7 +26,6 @@ from rich.console import Console
 from lorafleet.config import Settings
 from lorafleet.errors import ConfigError
 
-READY_TIMEOUT_S = 900.0
 REQUEST_TIMEOUT_S = 300.0
 
 
@@ -187,7 +186,7 @@ def start_engine(base_dir: Path, settings: EngineSettings, *, max_loras: int, co
         console.print(f"starting an engine on {base_dir} for the registration checks (log: {log_path}) …")
     process = VllmProcess(launch)
     try:
-        process.wait_ready(READY_TIMEOUT_S)
+        process.wait_ready(launch.ready_timeout)  # VllmLaunch's default: the one READY_TIMEOUT_S
     except BaseException:
         process.stop()
         raise

@@ -65,7 +65,7 @@ def serve(
     import uvicorn
 
     from lorafleet.serve.app import create_app
-    from lorafleet.serve.config import ServeSettings
+    from lorafleet.serve.config import ServeSettings, flat_name
 
     core = settings_from(ctx)
     overrides = {
@@ -83,20 +83,20 @@ def serve(
                                                  **{k: v for k, v in overrides.items() if v is not None}})
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
+        field = flat_name(err["loc"])
         raise ConfigError(f"setting {field!r}: {err['msg']}", hint=f"check --{field.replace('_', '-')}") from None
-    if replicas > 1 and settings.upstreams:
+    if replicas > 1 and settings.upstream.urls:
         raise ConfigError("--replicas with --upstream", hint="--replicas starts local vLLM children; "
                                                            "pass each running server as --upstream instead")
-    if settings.capture and settings.review_url:
+    if settings.review.capture and settings.review.url:
         check_capture_queue(settings)
     application = create_app(settings) if replicas == 1 else create_replicated_app(settings, replicas)
     where = f"http://{settings.host}:{settings.port}"
-    if not settings.upstreams:
+    if not settings.upstream.urls:
         console.print(f"starting {replicas} vLLM child(ren) on {settings.base_dir} (60-90 s on CPU), "
                       f"then serving on {where}")
     else:
-        console.print(f"serving on {where} in front of {', '.join(settings.upstreams)}")
+        console.print(f"serving on {where} in front of {', '.join(settings.upstream.urls)}")
     # Keep-alive well above clients' idle timeouts (httpx and the OpenAI SDK: 5 s): with equal timeouts
     # the server may close a connection the client is just reusing (a spurious ReadError).
     # uvloop and httptools (dependencies) are uvicorn's "auto" choice; no access log on the request path.
@@ -108,8 +108,8 @@ def check_capture_queue(settings, transport=None) -> None:  # noqa: ANN001 - Ser
     """Exit 2 when the review app answers and refuses the capture queue or token; warn when it is down."""
     from lorafleet.serve.capture import check_review_queue
 
-    token = settings.review_token.get_secret_value() if settings.review_token else None
-    check = check_review_queue(settings.review_url, token, settings.review_queue, settings.spool_path,
+    review = settings.review
+    check = check_review_queue(review.url, review.secret(), review.queue, settings.spool_path,
                                transport=transport)
     if check.refusal is not None:
         r = check.refusal
@@ -117,10 +117,10 @@ def check_capture_queue(settings, transport=None) -> None:  # noqa: ANN001 - Ser
                 "unauthorized": "the review token is missing, wrong or rotated",
                 "forbidden": f"the review token may not use capture queue {check.queue!r} (or it does not exist)",
                 "invalid": f"the review app refused the check of queue {check.queue!r}"}[r.reason]
-        raise ConfigError(f"--capture: {what} on {settings.review_url} (HTTP {r.status}: {r.message})",
+        raise ConfigError(f"--capture: {what} on {review.url} (HTTP {r.status}: {r.message})",
                           hint=r.fix)
     if check.unreachable is not None:
-        err_console.print(f"warning: review app {settings.review_url} unreachable ({check.unreachable}); "
+        err_console.print(f"warning: review app {review.url} unreachable ({check.unreachable}); "
                           f"captured samples are spooled to {settings.spool_path} until it answers",
                           highlight=False, soft_wrap=True)
 

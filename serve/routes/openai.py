@@ -26,7 +26,7 @@ router = APIRouter()
 async def _forward(endpoint: str, request: Request) -> Response:
     state = request.app.state.gateway
     key = await current_key(request, state, request.headers.get("authorization"))
-    raw = await read_body(request, state.settings.max_body_bytes)
+    raw = await read_body(request, state.settings.auth.max_body_bytes)
     return to_http(await state.proxy.handle(endpoint, raw, key, disconnect_waiter(request)))
 
 

@@ -115,8 +115,7 @@ def gateway_env_names() -> set[str]:
 def test_gateway_env_vars_are_serve_settings() -> None:
     from lorafleet.serve.config import ServeSettings
 
-    prefix = ServeSettings.model_config["env_prefix"]
-    fields = {f"{prefix}{name}".upper() for name in ServeSettings.model_fields}
+    fields = ServeSettings.env_names()
     used = gateway_env_names()
     assert {"LORAFLEET_DATA_DIR", "LORAFLEET_UPSTREAM_API_KEY", "LORAFLEET_BASE_NAME"} <= used
     assert used - fields == set()

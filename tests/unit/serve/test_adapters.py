@@ -27,7 +27,7 @@ async def test_concurrent_first_requests_trigger_one_load(gw: Harness) -> None:
 
 async def test_lru_unloads_the_least_recently_used(serve_settings, fake, key_store, gw_registry, tmp_path) -> None:
     register_dummy(gw_registry, "d", tmp_path)
-    settings = serve_settings.model_copy(update={"hot_set": 2})
+    settings = serve_settings.updated(**{"hot_set": 2})
     async with running(settings, fake, key_store) as gw:
         for model in ["pirate", "clauses", "pirate", "d"]:
             assert (await gw.chat(model)).status_code == 200
@@ -41,7 +41,7 @@ async def test_lru_unloads_the_least_recently_used(serve_settings, fake, key_sto
 
 async def test_pinned_adapters_are_never_evicted(serve_settings, fake, key_store, gw_registry, tmp_path) -> None:
     register_dummy(gw_registry, "d", tmp_path)
-    settings = serve_settings.model_copy(update={"hot_set": 2, "pins": ["pirate"]})
+    settings = serve_settings.updated(**{"hot_set": 2, "pins": ["pirate"]})
     async with running(settings, fake, key_store) as gw:
         assert _loads(gw) == ["pirate@v1"]  # loaded at start
         for model in ["clauses", "d", "clauses"]:
@@ -116,7 +116,7 @@ async def test_upstream_unreachable_marks_not_ready_and_recovers(gw: Harness) ->
 
 
 async def test_probe_warns_when_adapter_output_equals_base(serve_settings, fake, key_store, gw_registry) -> None:
-    settings = serve_settings.model_copy(update={"probe": True})
+    settings = serve_settings.updated(**{"probe": True})
     async with running(settings, fake, key_store) as gw:
         hot = gw.state.hot_sets["u0"]
         await gw.chat("pirate")

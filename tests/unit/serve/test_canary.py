@@ -152,7 +152,7 @@ async def test_a_canary_answering_on_label_is_not_rolled_back(settings, registry
 
 async def test_a_probe_warning_on_the_canary_rolls_back(settings, registry, fake, key_store) -> None:
     start_canary(registry, min_samples=1000)  # no traffic signal could decide: the probe needs no samples
-    settings.probe = True
+    settings.routing.probe = True
     fake.model_replies.clear()
     fake.same_output = True  # the adapters answer exactly like the base: the after-load probe warns
     async with running(settings, fake, key_store) as gw:
@@ -182,7 +182,7 @@ def set_capture_grades(registry: Registry, version: str, mean: float, n: int = 1
 async def test_review_grades_of_captured_samples_roll_back(settings, registry, fake, key_store) -> None:
     start_canary(registry, min_samples=10)
     fake.model_replies[f"{NAME}@v2"] = Reply(GOOD)
-    settings.review_url = "http://review"
+    settings.review.url = "http://review"
     set_capture_grades(registry, "v1", 4.4)
     set_capture_grades(registry, "v2", 2.1)
     async with running(settings, fake, key_store, review_transport=review_app()) as gw:
@@ -197,7 +197,7 @@ async def test_repro_rollback_while_the_review_app_is_down(settings, registry, f
     """Issue 16: a rollback while the review app is down still happens; the grade signal says unavailable."""
     start_canary(registry, min_samples=10)
     fake.model_replies[f"{NAME}@v2"] = Reply("boom", status=502)
-    settings.review_url = "http://review"
+    settings.review.url = "http://review"
     set_capture_grades(registry, "v1", 4.0)
     set_capture_grades(registry, "v2", 4.0)
     async with running(settings, fake, key_store, review_transport=review_app(up=False)) as gw:
@@ -247,7 +247,7 @@ async def test_only_versions_of_running_canaries_are_counted(settings, registry,
 
 async def test_the_background_rounds_pick_a_new_canary_up_and_roll_it_back(settings, registry, fake,
                                                                           key_store) -> None:
-    settings.canary_interval = 0.2
+    settings.canary.interval = 0.2
     fake.model_replies[f"{NAME}@v2"] = Reply("boom", status=500)
     async with running(settings, fake, key_store) as gw:
         start_canary(registry, min_samples=10)  # after the gateway started: promote --canary on a live fleet

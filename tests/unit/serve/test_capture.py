@@ -45,7 +45,7 @@ async def _until(predicate, timeout: float = 10.0) -> None:
 async def test_capture_spools_while_down_and_sends_each_sample_once(serve_settings, fake, key_store,
                                                                     gw_registry) -> None:
     review = FakeReview()
-    settings = serve_settings.model_copy(update={
+    settings = serve_settings.updated(**{
         "capture": {"pirate": 1.0}, "review_url": "http://review", "review_token": SecretStr("review-token")})
     async with running(settings, fake, key_store, review_transport=httpx.MockTransport(review.handler)) as gw:
         client = gw.state.capture.sink.client
@@ -74,7 +74,7 @@ async def test_capture_spools_while_down_and_sends_each_sample_once(serve_settin
 
 async def test_spooled_samples_survive_a_restart(serve_settings, fake, key_store, gw_registry) -> None:
     review = FakeReview()
-    settings = serve_settings.model_copy(update={
+    settings = serve_settings.updated(**{
         "capture": {"pirate": 1.0}, "review_url": "http://review", "review_token": SecretStr("review-token")})
     transport = httpx.MockTransport(review.handler)
     async with running(settings, fake, key_store, review_transport=transport) as gw:
@@ -91,7 +91,7 @@ async def test_repro_refused_batch_kept_and_counted(serve_settings, fake, key_st
     as sent. Now it stays spooled, `sent` does not move, `rejected{reason}` does, and the log names the fix."""
     review = FakeReview()
     review.up, review.queue_exists = True, False
-    settings = serve_settings.model_copy(update={
+    settings = serve_settings.updated(**{
         "capture": {"pirate": 1.0}, "review_url": "http://review", "review_token": SecretStr("review-token")})
     async with running(settings, fake, key_store, review_transport=httpx.MockTransport(review.handler)) as gw:
         client = gw.state.capture.sink.client
@@ -120,7 +120,7 @@ async def test_repro_refused_batch_kept_and_counted(serve_settings, fake, key_st
 async def test_corrupt_spool_lines_are_quarantined_and_counted(serve_settings, fake, key_store, gw_registry) -> None:
     review = FakeReview()
     review.up = True
-    settings = serve_settings.model_copy(update={
+    settings = serve_settings.updated(**{
         "capture": {"pirate": 1.0}, "review_url": "http://review", "review_token": SecretStr("review-token")})
     good = {"queue": "capture", "item": {"id": "left-over", "prompt": "hi", "response": "yo", "source": "capture"}}
     settings.spool_path.write_text("not json\n" + json.dumps(good) + "\n" + '{"queue": "capture", "it')

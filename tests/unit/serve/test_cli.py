@@ -51,6 +51,9 @@ def test_keys_create_list_revoke(capsys, tmp_path: Path) -> None:
     (["serve", "--capture", "pirate=0.5", "--upstream", "http://127.0.0.1:1"], "review URL"),
     (["serve", "--capture", "pirate=2", "--review-url", "http://r", "--upstream", "http://x"], "capture"),
     (["serve", "--base", "{tmp}"], "no base model here"),
+    # grouped settings still name the flag: vllm.max_loras / routing.hot_set are --max-loras / --hot-set
+    (["serve", "--max-loras", "0", "--upstream", "http://x"], "setting 'max_loras'"),
+    (["serve", "--hot-set", "0", "--upstream", "http://x"], "check --hot-set"),
 ])
 def test_bad_input_is_one_clear_line(capsys, tmp_path: Path, args: list[str], needle: str) -> None:
     argv = [a.format(tmp=tmp_path) for a in args]

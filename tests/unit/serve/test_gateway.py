@@ -158,7 +158,7 @@ def test_no_auth_refused_off_loopback(tmp_path) -> None:
 
 
 async def test_no_auth_on_loopback_serves_without_a_key(serve_settings, fake, key_store, gw_registry) -> None:
-    settings = serve_settings.model_copy(update={"no_auth": True})
+    settings = serve_settings.updated(**{"no_auth": True})
     async with running(settings, fake, key_store) as gw:
         resp = await gw.client.post("/v1/chat/completions",
                                     json={"model": "pirate", "messages": [{"role": "user", "content": "x"}]})
@@ -182,7 +182,7 @@ async def test_bad_bodies_are_400_naming_the_field(gw: Harness) -> None:
 
 
 async def test_body_over_the_limit_is_413(gw: Harness) -> None:
-    big = "x" * (gw.state.settings.max_body_bytes + 10)
+    big = "x" * (gw.state.settings.auth.max_body_bytes + 10)
     resp = await gw.chat(BASE, extra=big)
     assert resp.status_code == 413
     assert _error(resp)["code"] == "request_too_large"

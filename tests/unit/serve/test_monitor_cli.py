@@ -127,7 +127,7 @@ def test_monitor_shows_drift_rising_when_off_distribution_prompts_arrive(
     registry = Registry(serve_settings.registry_dir)
     register(registry, tmp_path, eval_run=EVAL_RUN)
     registry.set_alias("support-intents", "prod", "v1")
-    serve_settings.drift_window = 60
+    serve_settings.drift_monitor.window = 60
     with fake.serve() as upstream, gateway_on_loopback(serve_settings, upstream, fake.api_key, key_store) as (
             url, admin, _state):
         def send(prompts: list[str], answer: str) -> None:

@@ -168,8 +168,8 @@ def test_thresholds_are_read_from_lorafleet_env(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("LORAFLEET_SPREAD_AT", "3")
     monkeypatch.setenv("LORAFLEET_RING_VNODES", "16")
     settings = ServeSettings(data_dir=tmp_path)
-    assert (settings.saturated_at, settings.spread_at, settings.ring_vnodes) == (9, 3, 16)
-    app = create_app(settings.model_copy(update={"no_auth": True}),
+    assert (settings.routing.saturated_at, settings.routing.spread_at, settings.routing.ring_vnodes) == (9, 3, 16)
+    app = create_app(settings.updated(**{"no_auth": True}),
                      upstreams=[HttpUpstream("a", "http://a", None), HttpUpstream("b", "http://b", None)])
     pool = app.state.gateway.chooser
     assert (pool.saturated_at, pool.spread_at, pool.ring.vnodes) == (9, 3, 16)
@@ -179,7 +179,7 @@ def test_thresholds_are_read_from_lorafleet_env(monkeypatch, tmp_path) -> None:
 async def test_saturation_threshold_from_settings_moves_traffic(serve_settings, key_store, gw_registry) -> None:
     # vLLM reports 7 waiting at home: saturated at 5, not at the default 64
     for saturated_at, goes_home in ((64, True), (5, False)):
-        settings = serve_settings.model_copy(update={"saturated_at": saturated_at})
+        settings = serve_settings.updated(**{"saturated_at": saturated_at})
         async with fleet(settings, key_store) as f:
             home = f.chooser.ring.home("pirate@v1")
             f.switches[home].metrics_text = VLLM_METRICS

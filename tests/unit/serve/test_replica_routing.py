@@ -240,7 +240,7 @@ async def test_replicas_start_children_and_route_around_a_killed_one(serve_setti
     from lorafleet.cli.serve import create_replicated_app
 
     program = [sys.executable, "-m", "tests.fakes.openai_upstream"]
-    settings = serve_settings.model_copy(update={"vllm_program": program, "base": tmp_path})
+    settings = serve_settings.updated(**{"vllm_program": program, "base": tmp_path})
     app = create_replicated_app(settings, 2, key_store=key_store)
     admin = key_store.create(name="rep-admin", admin=True)[1]
     state = app.state.gateway

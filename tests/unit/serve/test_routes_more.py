@@ -112,7 +112,7 @@ async def test_a_moved_alias_is_seen_on_the_next_request_despite_the_cache(serve
     """The resolved-alias cache is dropped when the adapter's aliases file changes, not only at its TTL."""
     from tests.unit.serve.conftest import running
 
-    settings = serve_settings.model_copy(update={"registry_ttl": 3600})
+    settings = serve_settings.updated(**{"registry_ttl": 3600})
     async with running(settings, fake, key_store) as gw:
         assert (await gw.chat("support-intents@prod")).json()["model"] == "support-intents@v1"
         assert (await gw.chat("support-intents@prod")).json()["model"] == "support-intents@v1"  # cached

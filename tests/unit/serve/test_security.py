@@ -95,7 +95,7 @@ def test_repro_admin_large_body_with_key_is_413_at_limit(serve_settings: ServeSe
             url, admin, _state):
         answer, sent = _raw_request(url, _chunked_head("/admin/adapters/load", admin), chunks=100,
                                     chunk=b" " * MB)
-        declared = httpx.post(f"{url}/admin/adapters/load", content=b" " * (serve_settings.max_body_bytes + 1),
+        declared = httpx.post(f"{url}/admin/adapters/load", content=b" " * (serve_settings.auth.max_body_bytes + 1),
                               headers={"Authorization": f"Bearer {admin}"}, timeout=10)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"request_too_large" in answer
@@ -127,7 +127,7 @@ async def test_admin_without_key_is_401_and_non_admin_403(gw: Harness) -> None:
 @pytest.fixture
 def exposed(serve_settings: ServeSettings) -> ServeSettings:
     """Settings of a gateway reachable from other hosts."""
-    return serve_settings.model_copy(update={"host": "0.0.0.0"})  # noqa: S104 - the point of the test
+    return serve_settings.updated(**{"host": "0.0.0.0"})  # noqa: S104 - the point of the test
 
 
 async def test_repro_metrics_not_exposed_on_public_host(exposed: ServeSettings, fake: FakeUpstream,
@@ -143,7 +143,7 @@ async def test_repro_metrics_not_exposed_on_public_host(exposed: ServeSettings, 
 
 
 async def test_metrics_token(exposed: ServeSettings, fake: FakeUpstream, key_store: KeyStore, gw_registry) -> None:
-    settings = exposed.model_copy(update={"metrics_token": SecretStr("scrape-me")})
+    settings = exposed.updated(**{"metrics_token": SecretStr("scrape-me")})
     async with running(settings, fake, key_store) as gw:
         good = await gw.client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
         bad = await gw.client.get("/metrics", headers={"Authorization": "Bearer scrape-you"})
@@ -201,7 +201,7 @@ async def test_unknown_key_spray_is_rate_limited_per_address(tmp_path: Path) -> 
 
 async def test_unknown_key_spray_gets_openai_shaped_429(serve_settings: ServeSettings, fake: FakeUpstream,
                                                         key_store: KeyStore, gw_registry) -> None:
-    settings = serve_settings.model_copy(update={"failed_key_lookups_per_minute": 2, "key_cache_ttl": 60})
+    settings = serve_settings.updated(**{"failed_key_lookups_per_minute": 2, "key_cache_ttl": 60})
     async with running(settings, fake, key_store) as gw:
         assert (await gw.client.get("/v1/models", headers={"Authorization": f"Bearer {gw.admin}"})).status_code == 200
         answers = [await gw.client.get("/v1/models", headers={"Authorization": f"Bearer lf-random-{i}"})

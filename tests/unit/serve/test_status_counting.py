@@ -55,7 +55,7 @@ async def test_repro_429_counted(gw: Harness) -> None:
 
 async def test_repro_overload_503_counted(serve_settings: ServeSettings, fake: FakeUpstream,
                                           key_store: KeyStore, gw_registry) -> None:
-    settings = serve_settings.model_copy(update={"max_in_flight": 1})
+    settings = serve_settings.updated(**{"max_in_flight": 1})
     fake.load_delay = 0.5  # the first request holds the only slot while its adapter loads
     async with running(settings, fake, key_store) as gw:
         first, second = await asyncio.gather(gw.chat("pirate"), _after(0.1, gw.chat(BASE)))
@@ -66,7 +66,7 @@ async def test_repro_overload_503_counted(serve_settings: ServeSettings, fake: F
 
 
 async def test_413_and_unknown_route_counted(gw: Harness) -> None:
-    big = b" " * (gw.state.settings.max_body_bytes + 1)
+    big = b" " * (gw.state.settings.auth.max_body_bytes + 1)
     resp = await gw.client.post("/v1/completions", content=big, headers={"Authorization": f"Bearer {gw.admin}"})
     assert resp.status_code == 413
     assert (await gw.client.get("/v1/nothing")).status_code == 404

@@ -43,7 +43,7 @@ async def _until(predicate, timeout: float = 30.0) -> None:
 
 async def test_dead_child_is_restarted_and_adapters_replayed(serve_settings, key_store, gw_registry,
                                                              tmp_path) -> None:
-    settings = serve_settings.model_copy(update={"vllm_program": FAKE_PROGRAM, "base": tmp_path,
+    settings = serve_settings.updated(**{"vllm_program": FAKE_PROGRAM, "base": tmp_path,
                                                  "health_interval": 0.1})
     # upstream_url=None and no upstreams: build the app in child mode
     from lorafleet.serve.app import create_app

@@ -43,7 +43,7 @@ def base_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(serve_settings: ServeSettings, base_dir: Path) -> ServeSettings:
-    return serve_settings.model_copy(update={"base": base_dir})
+    return serve_settings.updated(**{"base": base_dir})
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_router_variant_of_cards() -> None:
 def test_bad_variant_upstream_flags(item: str) -> None:
     with pytest.raises(ValidationError, match="VARIANT=URL"):
         ServeSettings(variant_upstreams=[item])
-    assert ServeSettings(variant_upstreams=["nf4=http://a", "nf4=http://b"]).variant_upstream_urls() == {
+    assert ServeSettings(variant_upstreams=["nf4=http://a", "nf4=http://b"]).upstream.variant_urls() == {
         "nf4": ["http://a", "http://b"]}
 
 
