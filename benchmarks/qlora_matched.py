@@ -50,6 +50,8 @@ def main() -> None:
         register_onfull(registry, name, args.base)
     port = free_port()
     gateway = start_gateway(args.data_dir, args.base, port)
+    # a timeout's SIGTERM unwinds through `finally`, so the gateway (and its vLLM children) stop too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     url = f"http://127.0.0.1:{port}"
     report: dict = {"adapters": {}}
     try:
