@@ -49,9 +49,12 @@ def measure_forgetting(registry: Registry, served_name: str, settings: Forgettin
 
 
 def train_forgetting(check: Any, engine: EngineSession | None, settings: ForgettingSettings,
-                     console: Console | None = None) -> dict[str, Any]:
+                     console: Console | None = None, *, served: Any = None) -> dict[str, Any]:
     """The card fields of train's forgetting step (recipe's RegistrationCheck, before registration): the saved
-    adapter loaded under a throwaway name in the registration engine. {} when switched off."""
+    adapter loaded under a throwaway name in the registration engine. {} when switched off.
+
+    `served` (a base_variants.ServingBase): the base the engine serves. The references are that base's own
+    answers: a QLoRA adapter is compared with its nf4 twin's, not with the full base's."""
     if not settings.forgetting_check:
         return {}
     import uuid
@@ -60,9 +63,11 @@ def train_forgetting(check: Any, engine: EngineSession | None, settings: Forgett
 
     name = f"{check.name}-forgetting-{uuid.uuid4().hex[:8]}"  # never a registry name (prefix cache)
     try:
-        sha = inspect_base(Path(check.base)).weights_sha256
+        sha = inspect_base(Path(served.path if served is not None else check.base)).weights_sha256
     except (LorafleetError, OSError):
         sha = None
+    if sha and served is not None and served.vllm_args:  # GPU nf4: the original weights, quantised by vLLM
+        sha = f"{sha}+{served.variant}"
     return {"forgetting": forgetting_entry(engine, Path(check.adapter_dir), name, sha, settings,
                                            data_dir=settings.data_dir, console=console)}
 

@@ -36,13 +36,13 @@ def registration_checks(core: Settings, *, force: bool, skip: bool, console: Con
             try:
                 with engine_session(served.path, settings, console=console, vllm_args=served.vllm_args) as engine:
                     return {"fidelity": {"skipped": "--skip-fidelity"},
-                            **train_forgetting(check, engine, forgetting_settings, console)}
+                            **train_forgetting(check, engine, forgetting_settings, console, served=served)}
             except ConfigError as exc:
                 return {"fidelity": {"skipped": "--skip-fidelity"},
                         "forgetting": {"skipped": f"no engine: {exc.message}"}}
         with engine_session(served.path, settings, console=console, vllm_args=served.vllm_args) as engine:
             fields = fidelity_fields(check, engine, served)
-            return {**fields, **train_forgetting(check, engine, forgetting_settings, console)}
+            return {**fields, **train_forgetting(check, engine, forgetting_settings, console, served=served)}
 
     def fidelity_fields(check: Any, engine: Any, served: Any) -> dict[str, Any]:
         from lorafleet.cli.fidelity import PROBES, check_fidelity

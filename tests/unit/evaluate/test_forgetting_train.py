@@ -91,3 +91,26 @@ def test_train_step_checks_the_saved_adapter_under_a_throwaway_name_before_regis
     assert entry["passed"] is True and entry["samples"] == 10 and entry["where"] == "train"
     assert set(names) == {"fake-base", name}
     assert train_forgetting(check, engine, settings.model_copy(update={"forgetting_check": False})) == {}
+
+
+def test_repro_qlora_references_are_the_served_twins_answers_not_the_full_bases(
+        fake, tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    """The demo's QLoRA adapters were compared with the full base's cached answers while their engine served
+    the nf4 twin (noise floor 0.42): the references must be keyed by the base the engine serves."""
+    from types import SimpleNamespace
+
+    from lorafleet.cli import forgetting
+
+    shas = {tmp_path / "full": "f" * 64, tmp_path / "full-nf4": "4" * 64}
+    monkeypatch.setattr("lorafleet.base_model.inspect_base", lambda path: SimpleNamespace(weights_sha256=shas[path]))
+    engine = FakeEngine(url=fake.url)
+    engine.load = lambda name, path: (engine.loaded.append((name, path)), fake.state.adapters.append(name))
+    check = SimpleNamespace(name="clauses", adapter_dir=tmp_path / "adapter", base=tmp_path / "full", qlora=True,
+                            probes=[])
+    settings = ForgettingSettings(data_dir=data_dir, forgetting_suite=REPO / SUITE, forgetting_prompts=5)
+    twin = SimpleNamespace(variant="nf4", path=tmp_path / "full-nf4", vllm_args=[])
+    entry = forgetting.train_forgetting(check, engine, settings, served=twin)["forgetting"]
+    assert entry["references"]["base"] == "base sha256:" + "4" * 64
+    gpu = SimpleNamespace(variant="nf4", path=tmp_path / "full", vllm_args=["--quantization", "bitsandbytes"])
+    entry = forgetting.train_forgetting(check, engine, settings, served=gpu)["forgetting"]
+    assert entry["references"]["base"] == "base sha256:" + "f" * 64 + "+nf4"
