@@ -27,7 +27,7 @@ import contextlib
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -229,13 +229,19 @@ class CanaryWatcher:
         self._versions = versions  # swapped whole: the request path reads it without a lock
 
     def _label_format(self, state: Any) -> LabelFormat | None:
-        """The label extraction of the canary's eval run, else the stable version's (same task)."""
+        """The label extraction of the canary's eval run, else the stable version's (same task), with the labels
+        of both: a quick run of a new version may have seen only some of the labels its stable one answers."""
+        found = []
         for version in (state.canary, state.stable):
             card = self._card(state.name, version)
             baseline = eval_baseline(card) if card is not None else None
             if baseline is not None and baseline.label_format is not None:
-                return baseline.label_format
-        return None
+                found.append(baseline.label_format)
+        if not found:
+            return None
+        first = found[0]
+        labels = dict.fromkeys(label for f in found if f.pattern == first.pattern for label in f.labels)
+        return replace(first, labels=tuple(labels))
 
     def _card(self, name: str, version: str) -> AdapterCard | None:
         try:

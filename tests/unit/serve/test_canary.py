@@ -259,3 +259,20 @@ async def test_the_background_rounds_pick_a_new_canary_up_and_roll_it_back(setti
             await asyncio.sleep(0.1)
         assert registry.aliases(NAME)["prod"] == "v1"
         assert rollbacks(gw, "error_rate") == 1
+
+
+async def test_repro_stable_answers_with_a_label_the_canarys_quick_run_never_saw_are_valid(
+        settings, registry, fake, key_store) -> None:
+    """The demo's quick run of v2 (30 prompts) saw fewer labels than v1 answers: v1's 'cancel' answers were
+    counted INVALID (stable 10/26). Both versions' labels count."""
+    quick = {**EVAL_RUN, "run_id": "r2", "labels": ["refund_request"]}  # the canary's own quick run
+    registry.update_card(f"{NAME}@v2", eval_runs=[quick])
+    start_canary(registry, min_samples=10)
+    fake.model_replies[f"{NAME}@v1"] = Reply("[Intent: cancel_order] Done.")  # a label only v1's run saw
+    fake.model_replies[f"{NAME}@v2"] = Reply(GOOD)
+    async with running(settings, fake, key_store) as gw:
+        await gw.state.canary.check()
+        await traffic(gw)
+        assert await gw.state.canary.check() == []
+        signal = canary_state.load(registry, NAME)["prod"].signals["invalid_rate"]
+        assert signal["stable"]["rate"] == 0.0 and signal["canary"]["rate"] == 0.0
