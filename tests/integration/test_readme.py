@@ -327,7 +327,13 @@ def test_registry_block(tmp_path: Path, demo_adapters: dict[str, Path], vllm_ser
     assert "support-intents@v1" in out[0] and "support-intents@v2" in out[1]
     listed = json.loads(out[4])
     assert sorted(e["version"] for e in listed if e["name"] == "support-intents") == ["v1", "v2"]
-    assert out[5].startswith("support-intents@v1 ") and json.loads(out[5][out[5].index("{"):])["version"] == "v1"
+    # `adapters show` tells the version's story, data to decisions; the import checked fidelity in real vLLM
+    shown = out[5]
+    assert shown.startswith("support-intents@v1 ") and "prod" in shown.splitlines()[1]
+    assert [h for h in ("── data", "── training", "── fidelity", "── eval runs", "── forgetting", "── review",
+                        "── decisions") if h in shown] == ["── data", "── training", "── fidelity", "── eval runs",
+                                                          "── forgetting", "── review", "── decisions"]
+    assert "fidelity: passed" in shown, shown
     for text in REGISTRY[6:]:
         sh(text, cwd)
     aliases = json.loads((cwd / ".lorafleet" / "registry" / "support-intents" / "aliases.json").read_text())
