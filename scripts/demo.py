@@ -81,14 +81,17 @@ def secret(name: str, make: Callable[[], str]) -> str:
     return data[name]
 
 
-def wait_http(url: str, what: str, timeout: float, pid: int | None = None) -> None:
+def wait_http(url: str, what: str, timeout: float, pid: int | None = None, *, ready: int | None = None,
+              headers: dict[str, str] | None = None) -> None:
+    """Poll `url` until it answers (any status below 500, or exactly `ready`), while `pid` lives."""
     deadline = time.monotonic() + timeout
     with console.status(f"waiting for {what} ({url}) …"):
         while time.monotonic() < deadline:
             if pid is not None and not pid_alive(pid):
                 raise SystemExit(f"demo: {what} exited; see its log in {DEMO / 'logs'}")
             try:
-                if httpx.get(url, timeout=2).status_code < 500:
+                status = httpx.get(url, timeout=2, headers=headers).status_code
+                if (status == ready) if ready is not None else (status < 500):
                     return
             except httpx.HTTPError:
                 pass
@@ -226,25 +229,10 @@ def step_engines() -> None:
         launch = settings.child_launch(folder, DEFAULT_BASE_NAME, f"vllm-{variant}.log", port=ENGINES[variant])
         launch.api_key = secret("engine_key", token)
         pids[variant] = start_process(f"engine-{variant}", launch.command(), launch.env())
+    headers = {"Authorization": f"Bearer {secret('engine_key', token)}"}
     for variant, pid in pids.items():
-        wait_engine(variant, pid)
-
-
-def wait_engine(variant: str, pid: int) -> None:
-    key = secret("engine_key", token)
-    deadline = time.monotonic() + 600
-    with console.status(f"waiting for vLLM on the {variant} base (60–90 s on 2 cores) …"):
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                raise SystemExit(f"demo: vLLM ({variant}) exited; see {DEMO / 'logs' / f'engine-{variant}.log'}")
-            try:
-                if httpx.get(f"{engine_url(variant)}/v1/models", timeout=2,
-                             headers={"Authorization": f"Bearer {key}"}).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-    raise SystemExit(f"demo: vLLM ({variant}) not ready after 600 s")
+        wait_http(f"{engine_url(variant)}/v1/models", f"vLLM on the {variant} base", 600, pid, ready=200,
+                  headers=headers)
 
 
 def step_services() -> None:
@@ -275,24 +263,9 @@ def step_services() -> None:
         "--review-queue", "live-capture",  # the queue created above (the default, capture, does not exist here)
     ], gateway_env)
     wait_http(f"{GATEWAY}/health", "gateway", 600, gateway_pid)
-    wait_http_ready(gateway_pid)
+    wait_http(f"{GATEWAY}/ready", "the gateway's upstreams", 600, gateway_pid, ready=200)
     key = secret("api_key", lambda: create_key())
     console.print(f"demo API key stored in {SECRETS} (key {key[:10]}…)")
-
-
-def wait_http_ready(pid: int) -> None:
-    deadline = time.monotonic() + 600
-    with console.status("waiting for the gateway to see its upstreams ready …"):
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                raise SystemExit(f"demo: the gateway exited; see {DEMO / 'logs' / 'gateway.log'}")
-            try:
-                if httpx.get(f"{GATEWAY}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-    raise SystemExit("demo: vLLM not ready after 600 s")
 
 
 def create_key() -> str:
