@@ -31,6 +31,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,12 @@ class LabelFormat:
         found = found.rstrip(".").strip()
         if self.case_sensitive:
             return found not in self.labels
-        return found.lower() not in {label.lower() for label in self.labels}
+        return found.lower() not in self._lowered
+
+    @cached_property
+    def _lowered(self) -> frozenset[str]:
+        # Built once per format, not once per checked answer (the proxy asks on every canary/drift request).
+        return frozenset(label.lower() for label in self.labels)
 
 
 @dataclass(frozen=True)
