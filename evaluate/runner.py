@@ -131,7 +131,7 @@ def run_suite(suite: Suite, suite_path: Path, opts: RunOptions, *, runs_dir: Pat
     client = EvalClient(opts.endpoint, opts.api_key, concurrency=opts.concurrency, cache=cache,
                         max_retries=opts.max_retries, backoff_s=opts.backoff_s, timeout_s=opts.timeout_s)
     manifest = Manifest(run_id=run_id, suite=suite.model_dump(mode="json"), suite_path=str(suite_path),
-                        endpoint=client.endpoint, created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                        endpoint=client.endpoint, created_at=datetime.now(UTC).isoformat(timespec="microseconds"))
     outputs: dict[str, dict[str, Completion]] = {}
     store.write_samples(samples)
     try:

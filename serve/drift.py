@@ -39,7 +39,7 @@ import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from lorafleet.serve.metrics import Metrics
 
-from lorafleet.card import AdapterCard
+from lorafleet.card import AdapterCard, latest_run
 from lorafleet.errors import LorafleetError
 from lorafleet.formats import read_records_lenient, to_chat
 from lorafleet.heldout import heldout_text
@@ -193,7 +193,7 @@ def eval_baseline(card: AdapterCard) -> EvalBaseline | None:
             ("output_tokens_mean" in r or "label_pattern" in r or "labels" in r)]
     if not runs:
         return None
-    run = max(runs, key=lambda r: str(r.get("created_at") or ""))
+    run = latest_run(runs) or runs[-1]
     labels = tuple(str(label) for label in run.get("labels") or [])
     fmt = LabelFormat(run.get("label_pattern"), labels, bool(run.get("label_case_sensitive"))) if labels else None
     return EvalBaseline(run_id=str(run.get("run_id")), output_tokens_mean=_num(run.get("output_tokens_mean")),

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from lorafleet.card import AdapterCard
+from lorafleet.card import AdapterCard, latest_run
 from lorafleet.errors import RegistryError
 from lorafleet.promotion.decisions import Check
 from lorafleet.promotion.policy import PairedGainRule, Policy, ReviewRule
@@ -46,12 +46,8 @@ def gather(registry: Registry, candidate: ResolvedAdapter, current: AliasTarget 
 
 def latest_runs(card: AdapterCard) -> dict[str, dict[str, Any]]:
     """suite → the latest eval run entry on the card for it."""
-    out: dict[str, dict[str, Any]] = {}
-    for run in card.eval_runs:
-        suite = run.get("suite")
-        if suite and (suite not in out or str(run.get("created_at", "")) >= str(out[suite].get("created_at", ""))):
-            out[suite] = run
-    return out
+    suites = {run.get("suite") for run in card.eval_runs if run.get("suite")}
+    return {str(s): latest_run([r for r in card.eval_runs if r.get("suite") == s]) or {} for s in suites}
 
 
 def suite_checks(suites: dict[str, dict[str, Any]], policy: Policy) -> list[Check]:
@@ -127,7 +123,7 @@ def _gain_on_suite(suite: str, run: dict[str, Any], incumbent: str, inc_runs: li
                      f"suite with both versions as targets, e.g. NAME@{incumbent} and the new version)")
     # Prefer a run that scored both versions; else the incumbent's latest run of the same suite.
     same = [r for r in inc_runs if r.get("run_id") == run["run_id"]]
-    other = same[0] if same else max(inc_runs, key=lambda r: str(r.get("created_at", "")))
+    other = same[0] if same else latest_run(inc_runs) or inc_runs[-1]
     try:
         metric = rule.metric or first_metric(Path(run["path"]))
         mine = item_scores(Path(run["path"]), run["target"], metric)

@@ -96,6 +96,25 @@ def test_no_significant_gain_refuses(registry: Registry, tmp_path: Path) -> None
     assert registry.aliases("intents")["prod"] == v1
 
 
+def test_repro_runs_in_the_same_second_pair_with_the_later_one(registry: Registry, tmp_path: Path) -> None:
+    # v1 failed its first run, was fixed, and passed a second run finishing in the same second (created_at has
+    # one-second resolution on older cards). v2 equals the fixed v1: pairing with the earlier, failed run
+    # showed a gain of +0.9 and promoted it.
+    v1 = register(registry, tmp_path)
+    first = write_run(tmp_path / "runs", "first", "intents", {"adapter": [1.0] * 3 + [0.0] * 27},
+                      passed={"adapter": False})
+    fixed = write_run(tmp_path / "runs", "fixed", "intents", {"adapter": GOOD}, passed={"adapter": True})
+    link_run(registry, f"intents@{v1}", first, "adapter", passed=False, created_at="2026-03-01T10:00:00+00:00")
+    link_run(registry, f"intents@{v1}", fixed, "adapter", created_at="2026-03-01T10:00:00+00:00")
+    promote(registry, f"intents@{v1}", "prod", who="t")  # the latest run of the suite is the passing one
+    v2 = register(registry, tmp_path)
+    again = write_run(tmp_path / "runs", "v2", "intents", {"adapter": GOOD}, passed={"adapter": True})
+    link_run(registry, f"intents@{v2}", again, "adapter", created_at="2026-03-01T10:00:00+00:00")
+    failed = refused_items(registry, f"intents@{v2}")
+    assert "+0.0000" in failed["suite intents: paired gain vs v1"]
+    assert registry.aliases("intents")["prod"] == v1
+
+
 def test_gain_needs_a_run_of_the_incumbent(registry: Registry, tmp_path: Path) -> None:
     v1 = register(registry, tmp_path)
     registry.set_alias("intents", "prod", v1)  # moved by hand, never evaluated
