@@ -10,7 +10,6 @@ outbox off the request path every few seconds, and `sync_all` rewrites every ver
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -28,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from lorafleet import correlation
 from lorafleet.card import AdapterCard
 from lorafleet.errors import InvalidNameError, NotFoundError
+from lorafleet.periodic import Periodic
 from lorafleet.registry import Registry
 from lorafleet.review_summary import CardReview, CriterionSummary, GradeSummary, PairwiseSummary, QueueSummary
 
@@ -294,24 +294,21 @@ class CardWriter:
         self.factory = factory
         self.registry = registry
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._rounds: Periodic | None = None
         self._unknown: set[str] = set()  # versions not in this registry, logged once each
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._rounds = Periodic(self._round, self.interval, what="card.review: flushing the outbox", logger=log)
+        self._rounds.start()
 
     async def stop(self) -> None:
-        """Cancel the loop, then flush once more so grades given just before shutdown reach their cards."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Cancel the rounds, then flush once more so grades given just before shutdown reach their cards."""
+        if self._rounds is not None:
+            await self._rounds.stop()
             await asyncio.to_thread(self._flush_logged)
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.to_thread(self._flush_logged)
-            await asyncio.sleep(self.interval)
+    async def _round(self) -> None:
+        await asyncio.to_thread(self._flush_logged)
 
     def _flush_logged(self) -> FlushReport | None:
         try:

@@ -37,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from lorafleet.card import AdapterCard
 from lorafleet.errors import LorafleetError
+from lorafleet.periodic import Periodic
 from lorafleet.promotion import canary_state, decisions
 from lorafleet.promotion.rollback import record_probe_warning, rollback
 from lorafleet.registry import Registry
@@ -138,7 +139,8 @@ class CanaryWatcher:
         self._watched: dict[tuple[str, str], Watched] = {}  # (name, alias) -> canary
         self._versions: dict[tuple[str, str], list[Watched]] = {}  # (name, version) -> canaries counting it
         self._probes_seen: dict[tuple[str, str], float] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._rounds: Periodic | None = None
+        self._judge_at = 0.0  # monotonic time of the next judging round
 
     @classmethod
     def from_settings(cls, registry: Registry, metrics_registry: CollectorRegistry, canary: CanarySettings,
@@ -169,29 +171,21 @@ class CanaryWatcher:
                 tally.labelled += 1
                 tally.invalid += watched.label_format.invalid(output[:TEXT_CAP])
 
-    # ---- the loop --------------------------------------------------------------------------
+    # ---- the rounds ------------------------------------------------------------------------
     def start(self) -> None:
-        if self.interval > 0:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._rounds = Periodic(self._round, min(self.interval, REFRESH_S), what="canary watcher: a round", logger=log)
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._rounds is not None:
+            await self._rounds.stop()
 
-    async def _loop(self) -> None:
-        judge_at = 0.0
-        while True:
-            try:
-                if time.monotonic() >= judge_at:
-                    judge_at = time.monotonic() + self.interval
-                    await self.check()
-                else:  # a new canary is counted from its first second, not from the next round
-                    await asyncio.to_thread(self._refresh)
-            except Exception:  # noqa: BLE001 - the watcher must survive anything, never silently
-                log.exception("canary watcher: check failed")
-            await asyncio.sleep(min(self.interval, REFRESH_S))
+    async def _round(self) -> None:
+        if time.monotonic() >= self._judge_at:
+            self._judge_at = time.monotonic() + self.interval
+            await self.check()
+        else:  # a new canary is counted from its first second, not from the next judging round
+            await asyncio.to_thread(self._refresh)
 
     async def check(self) -> list[Any]:
         """One round: refresh the running canaries, judge each, roll back breaches; returns the decisions made."""

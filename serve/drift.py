@@ -43,6 +43,7 @@ from lorafleet.card import AdapterCard, latest_run
 from lorafleet.errors import LorafleetError
 from lorafleet.formats import read_records_lenient, to_chat
 from lorafleet.heldout import heldout_text
+from lorafleet.periodic import Periodic
 from lorafleet.registry import Registry
 from lorafleet.textsig import NUM_PERM, SEED, shingles
 
@@ -259,7 +260,7 @@ class DriftMonitor:
         self._profiles: collections.OrderedDict[tuple[str, str], Profile] = collections.OrderedDict()
         self._windows: dict[tuple[str, str], Window] = {}
         self._warned: set[tuple[str, str, str]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._rounds: Periodic | None = None
         self._seq = 0
 
     # ---- the request path: O(1) ------------------------------------------------------------
@@ -286,22 +287,16 @@ class DriftMonitor:
 
     # ---- the worker ------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._drain_loop())
+        self._rounds = Periodic(self._drain, DRAIN_INTERVAL, what="drift: processing observations", logger=log)
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._rounds is not None:
+            await self._rounds.stop()
 
-    async def _drain_loop(self) -> None:
-        while True:
-            if self._pending:
-                try:
-                    await asyncio.to_thread(self.process_pending, BATCH)
-                except Exception:  # noqa: BLE001 - drift is advice: never let it stop, never silently
-                    log.exception("drift: processing observations failed")
-            await asyncio.sleep(DRAIN_INTERVAL)
+    async def _drain(self) -> None:
+        if self._pending:  # drift is advice: a failed batch is logged by the rounds, which go on
+            await asyncio.to_thread(self.process_pending, BATCH)
 
     def process_pending(self, limit: int | None = None) -> int:
         """Process queued observations (at most `limit`) and refresh the gauges they touched; returns how many."""

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 from typing import Any
 
 import httpx
 from lorafleet.serve.metrics import Metrics
+
+from lorafleet.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +41,24 @@ class ReviewGrades:
         self.window = window
         self.transport = transport
         self.stopped_because: str | None = None  # set when the app refuses the export for good (401/403/404)
-        self._task: asyncio.Task[None] | None = None
+        self._rounds: Periodic | None = None
         self._exported: set[tuple[str, str, str]] = set()
 
     def start(self) -> None:
-        if self.interval > 0:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._rounds = Periodic(self._round, self.interval, what=f"review grades: polling {self.url}", logger=log)
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._rounds is not None:
+            await self._rounds.stop()
 
-    async def _loop(self) -> None:
-        while self.stopped_because is None:
-            try:
-                await asyncio.to_thread(self.poll)
-            except httpx.HTTPError as exc:  # the app is down: try again next time
-                log.info("review grades: %s unreachable (%s); retrying in %.0f s", self.url,
-                         exc.__class__.__name__, self.interval)
-            except Exception:  # noqa: BLE001 - grades are advice: keep polling, never silently
-                log.exception("review grades: polling %s failed", self.url)
-            await asyncio.sleep(self.interval)
+    async def _round(self) -> bool:
+        try:
+            await asyncio.to_thread(self.poll)
+        except httpx.HTTPError as exc:  # the app is down: try again next time
+            log.info("review grades: %s unreachable (%s); retrying in %.0f s", self.url,
+                     exc.__class__.__name__, self.interval)
+        return self.stopped_because is None  # the app refused the export for good: stop asking
 
     def poll(self) -> dict[tuple[str, str], dict[str, float]]:
         """Read the export once and set the gauges; returns {(adapter, version): {criterion: mean}}."""
