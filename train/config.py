@@ -45,6 +45,17 @@ class TrainConfig(BaseModel):
     serving_check: bool = Field(
         default=True, description="QLoRA: also measure the adapter as served (on the full-precision weights of "
                                   "the nf4 twin; bf16 on a GPU): a second copy of the base in memory.")
+    # Speed levers (issue 19; docs/benchmarks.md ## Training measures each against plain TRL).
+    padding_free: bool = Field(
+        default=False, description="Flatten each batch into one row without pad tokens (position_ids; attention "
+                                   "stays inside each example, so the same tokens are scored).")
+    group_by_length: bool = Field(
+        default=False, description="Batch examples of similar length (less padding); batches still come shuffled.")
+    packing: bool = Field(
+        default=False, description="Pack several examples into each max_length row (TRL's best-fit `bfd`, no "
+                                   "attention across examples): more examples per step.")
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; default: torch's own.")
+    dataloader_workers: int = Field(default=0, ge=0, description="Batch-collating processes (0: in the trainer).")
     max_length: int = Field(default=256, ge=8)
     on_overlong: Literal["drop", "truncate", "error"] = "drop"
     allow_leakage: bool = Field(default=False, description="Train even if val rows also appear in train.")
@@ -91,7 +102,7 @@ class TrainConfig(BaseModel):
         """What goes into the card's `training` and MLflow params."""
         return self.model_dump(mode="json", exclude={"name", "train", "val", "base", "resume", "samples",
                                                      "track", "register_version", "precision",
-                                                     "serving_check"})
+                                                     "serving_check", "threads", "dataloader_workers"})
 
 
 def config_error(exc: ValidationError, source: str = "flag") -> ConfigError:

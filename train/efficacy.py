@@ -75,7 +75,9 @@ def val_loss_of(model: Any, batches: Any) -> float | None:
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
-            kept = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels") if k in batch}
+            # position_ids: a padding-free batch's example boundaries (train.config padding_free)
+            kept = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids", "labels")
+                    if k in batch}
             n = int((kept["labels"][:, 1:] != IGNORE_INDEX).sum())
             if n:
                 total += float(scored_positions_loss(*parts, kept)) * n

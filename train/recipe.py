@@ -117,6 +117,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
     import torch
     from peft import get_peft_model
 
+    setup_compute(config)
     torch.manual_seed(config.seed)
     model = load_base(base, qlora=config.qlora, gradient_checkpointing=config.gradient_checkpointing, bf16=bf16)
     base_names = module_names(model)
@@ -133,7 +134,7 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
         tracker.params({**config.hyperparameters(), "train": str(config.train), "val": str(config.val),
                         "base": str(base)})
         trainer, progress = build_trainer(config, model, tokenizer, train_ex, val_ex, run_dir, tracker,
-                                          console, show_progress and main)
+                                          console, show_progress and main, bf16=bf16)
         trainer.train(resume_from_checkpoint=checkpoint)
         # Evaluations are collective under a process group: every process takes part in each one.
         val_loss = final_val_loss(trainer) if val_ex else None
@@ -285,9 +286,9 @@ def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: lis
         logging_steps=max(1, min(5, config.eval_steps)), eval_strategy="steps" if has_val else "no",
         eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.eval_steps, save_total_limit=2,
         load_best_model_at_end=has_val, metric_for_best_model="eval_loss", greater_is_better=False,
-        report_to="none", disable_tqdm=True, max_length=config.max_length, truncation_mode="keep_start",
-        completion_only_loss=True, packing=False, prediction_loss_only=True, dataloader_num_workers=0,
-        bf16=bf16, fp16=False, use_cpu=on_cpu(),
+        report_to="none", disable_tqdm=True, truncation_mode="keep_start",
+        completion_only_loss=True, prediction_loss_only=True, bf16=bf16, fp16=False, use_cpu=on_cpu(),
+        **speed_args(config),
         # Explicit: TRL's SFTConfig turns checkpointing on by default, which we only want when asked.
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs=dict(CHECKPOINTING_KWARGS),
@@ -303,6 +304,26 @@ def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_ex: lis
     # Progress is ours (rich, stderr); the default printer would write log dicts to stdout (breaks --json).
     trainer.remove_callback(PrinterCallback)
     return trainer, progress
+
+
+def speed_args(config: TrainConfig) -> dict[str, Any]:
+    """The SFTConfig fields of the config's speed levers (measured in docs/benchmarks.md ## Training)."""
+    # Padding-free without packing: TRL refuses a max_length (it would not enforce it), so it needs
+    # examples already within it: the over-long policy has dropped or refused the others, not kept them.
+    padding_free = config.padding_free and (config.packing or config.on_overlong != "truncate")
+    unbounded = padding_free and not config.packing
+    return {"max_length": None if unbounded else config.max_length, "padding_free": padding_free,
+            "packing": config.packing, "packing_strategy": "bfd",
+            "train_sampling_strategy": "group_by_length" if config.group_by_length else "random",
+            "dataloader_num_workers": config.dataloader_workers}
+
+
+def setup_compute(config: TrainConfig) -> None:
+    """Process-wide compute settings, before the model is built."""
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
 
 
 def save_adapter(model: Any, final: Path) -> None:
