@@ -39,8 +39,19 @@ def test_auto_is_fp32_on_a_gpu_without_bf16(monkeypatch: pytest.MonkeyPatch) -> 
     assert not precision.use_bf16("auto")
 
 
-def test_cpu_stays_fp32_and_refuses_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_cpu_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+
+def test_bf16_on_a_cpu_with_native_bf16_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cpu_bf16(monkeypatch, native=True)
+    assert precision.use_bf16("bf16") and not precision.use_bf16("auto") and not precision.use_bf16("fp32")
+
+
+def test_cpu_stays_fp32_and_refuses_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cpu_bf16(monkeypatch, native=False)
     assert not precision.use_bf16("auto")
     assert precision.device() == "cpu"
     with pytest.raises(ConfigError, match="--precision bf16"):
@@ -99,7 +110,7 @@ def test_recipe_loads_bf16_on_a_faked_gpu(monkeypatch: pytest.MonkeyPatch, tiny_
 def test_cli_precision_bf16_on_cpu_is_a_clear_error(capsys: pytest.CaptureFixture[str], tiny_model: Path,
                                                     train_file: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fake_cpu_bf16(monkeypatch, native=False)
     code, _, err = run_cli(capsys, "--data-dir", str(tmp_path / "d"), "train", "--train", str(train_file),
                            "--name", "p", "--base", str(tiny_model), "--precision", "bf16", "--no-track")
     assert code != 0
