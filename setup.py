@@ -20,7 +20,7 @@ for package, folder in PARTS.items():
         package_dir[f"{package}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
 
 DATA = ["*.html", "*.j2", "*.jinja", "*.jinja2", "*.yaml", "*.yml", "*.ini", "*.mako",
-        "*.css", "*.js", "*.json", "*.md", "*.txt"]
+        "*.css", "*.js", "*.json", "*.md", "*.txt", "*.c"]
 
 # The Hugging Face `evaluate` module scripts are files to load, not packages to import.
 HF_MODULES = {"lorafleet.evaluate.hf_modules": ["*/*.py"]}

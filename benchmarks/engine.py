@@ -323,49 +323,69 @@ def run_hf(base: Path, adapters: list[Path], args: Args) -> Table:
 SMOLLM2_LORA_LAYERS = 30 * [(576, (576, 192, 192)), (576, (576,)), (576, (1536, 1536)), (1536, (576,))]
 
 
-def op_microbench(rounds: int = 3) -> dict[str, dict[str, float]]:
-    """ms of LoRA work per forward pass: stock vs grouped wrapper, decode and prefill batches."""
+def op_microbench(rounds: int = 3, dtypes: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+    """ms of LoRA work per forward pass, per batch and dtype: stock, the plugin's earlier grouped ops,
+    its pure-torch path on restacked float32 weights, and its compiled kernel (when built)."""
     import torch
+    from lorafleet.serve.lora_plugin.ops import grouped_lora_linear
     from lorafleet.serve.lora_plugin.wrapper import GroupedPunicaWrapperCPU
     from vllm.lora.layers.utils import LoRAMapping
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
+    class Before(GroupedPunicaWrapperCPU):
+        """The plugin's ops before the weight cache and kernel (per group, per slice, .float() per op)."""
+
+        def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, **kwargs):
+            grouped_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, self.token_groups)
+
     torch.set_num_threads(1)  # per-thread cost; comparable with earlier runs
-    dtype = getattr(torch, resolve_dtype("auto") or "bfloat16")  # what the launcher runs vLLM in here
-    gen = torch.Generator().manual_seed(0)
-    layers = [(inner, outs, tuple(torch.randn(4, 1, 16, inner, generator=gen).to(dtype) for _ in outs),
-               tuple(torch.randn(4, 1, out, 16, generator=gen).to(dtype) for out in outs))
-              for inner, outs in SMOLLM2_LORA_LAYERS]
+    default = resolve_dtype("auto") or "bfloat16"  # what the launcher runs vLLM in here
+    dtypes = dtypes or tuple(dict.fromkeys((default, "float32", "bfloat16")))
     batches = {  # token -> LoRA id (0 = base), as vLLM maps a batch
+        "decode 8, 4 mixed": [1 + i % 4 for i in range(8)],
         "decode 32, one adapter": [1] * 32,
         "decode 32, 4 mixed": [1 + i % 4 for i in range(32)],
         "decode 32, 4 mixed + 8 base": [0 if i % 4 == 3 else 1 + i % 4 for i in range(40)],
         "prefill 4x32, 4 mixed": [1 + (i // 32) % 4 for i in range(128)],
     }
     out: dict[str, dict[str, float]] = {}
-    for label, ids in batches.items():
-        xs = {576: torch.randn(len(ids), 576).to(dtype), 1536: torch.randn(len(ids), 1536).to(dtype)}
-        best = {"stock": float("inf"), "grouped": float("inf")}
-        for _ in range(rounds):
-            for name, cls in (("stock", PunicaWrapperCPU), ("grouped", GroupedPunicaWrapperCPU)):
-                wrapper = cls(max_num_batched_tokens=4096, max_batches=256, device="cpu")
-                start = time.perf_counter()
-                wrapper.update_metadata(LoRAMapping(ids, ids, is_prefill=True), [1, 2, 3, 4], 4, 49152)
-                for inner, outs, a, b in layers:
-                    y = torch.zeros(len(ids), sum(outs), dtype=dtype)
-                    wrapper.add_lora_linear(y, xs[inner], a, b, 1.0, outs)
-                best[name] = min(best[name], (time.perf_counter() - start) * 1000)
-        out[label] = best
-        print(f"  {label} ({dtype}): stock {best['stock']:.1f} ms, grouped {best['grouped']:.1f} ms", flush=True)
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        gen = torch.Generator().manual_seed(0)
+        layers = [(inner, outs, tuple(torch.randn(4, 1, 16, inner, generator=gen).to(dtype) for _ in outs),
+                   tuple(torch.randn(4, 1, o, 16, generator=gen).to(dtype) for o in outs))
+                  for inner, outs in SMOLLM2_LORA_LAYERS]
+        variants = {"stock": PunicaWrapperCPU(4096, 256, "cpu"), "before": Before(4096, 256, "cpu"),
+                    "torch": GroupedPunicaWrapperCPU(4096, 256, "cpu"),
+                    "kernel": GroupedPunicaWrapperCPU(4096, 256, "cpu")}
+        variants["torch"].kernel = None
+        if variants["kernel"].kernel is None:
+            del variants["kernel"]
+        for label, ids in batches.items():
+            xs = {576: torch.randn(len(ids), 576).to(dtype), 1536: torch.randn(len(ids), 1536).to(dtype)}
+            best = dict.fromkeys(variants, float("inf"))
+            for _ in range(rounds + 1):  # the first round fills the plugin's weight cache
+                for name, wrapper in variants.items():
+                    start = time.perf_counter()
+                    wrapper.update_metadata(LoRAMapping(ids, ids, is_prefill=True), [1, 2, 3, 4], 4, 49152)
+                    for inner, outs, a, b in layers:
+                        y = torch.zeros(len(ids), sum(outs), dtype=dtype)
+                        wrapper.add_lora_linear(y, xs[inner], a, b, 1.0, outs)
+                    best[name] = min(best[name], (time.perf_counter() - start) * 1000)
+            out[f"{label} ({dtype_name})"] = best
+            print(f"  {label} ({dtype_name}): " + ", ".join(f"{k} {v:.1f} ms" for k, v in best.items()), flush=True)
     return out
 
 
 # ---- report ----------------------------------------------------------------------------------
 
 def op_table(ops: dict[str, dict[str, float]]) -> str:
-    lines = ["| batch (tokens) | stock ops, ms | grouped ops, ms | speed-up |", "|---|---:|---:|---:|"]
+    names = list(next(iter(ops.values())))
+    lines = ["| batch (tokens, dtype) | " + " | ".join(f"{n}, ms" for n in names) + " | stock / best |",
+             "|---|" + "---:|" * (len(names) + 1)]
     for label, ms in ops.items():
-        lines.append(f"| {label} | {ms['stock']:.1f} | {ms['grouped']:.1f} | {ms['stock'] / ms['grouped']:.1f}x |")
+        lines.append(f"| {label} | " + " | ".join(f"{ms[n]:.1f}" for n in names)
+                     + f" | {ms['stock'] / min(ms[n] for n in names if n != 'stock'):.1f}x |")
     return "\n".join(lines)
 
 

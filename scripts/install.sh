@@ -52,3 +52,5 @@ else
   [ "${LORAFLEET_INSTALLER:-uv}" = uv ] && echo "uv install failed; installing with pip" >&2
   install_with_pip
 fi
+# The vLLM LoRA plugin's fused kernel, compiled for this CPU (~1 s; at first engine start otherwise).
+"$bin/python" -m lorafleet.serve.lora_plugin.native || true

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from .grouping import AdapterGroups, Rows
+from .stacked import FusedWeights
 
 
 def take_rows(x: torch.Tensor, rows: Rows) -> torch.Tensor:
@@ -108,3 +109,53 @@ def grouped_lora_linear(y: torch.Tensor, x: torch.Tensor, lora_a: tuple[torch.Te
             deltas.append(h @ slot_weight(b_all, group.slot)[:size].float().T)
         delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=1)
         add_rows(cols, group.rows, delta.to(y.dtype))
+
+
+KERNEL_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+"""dtype -> the compiled kernel's dtype code (lora_kernel.c)."""
+
+
+class KernelError(RuntimeError):
+    """The compiled kernel refused its inputs (a slot index out of range) or ran out of memory."""
+
+
+def cached_lora_linear(y: torch.Tensor, x: torch.Tensor, weights: FusedWeights, scale: float,
+                       groups: AdapterGroups, offset_start: int = 0) -> None:
+    """`grouped_lora_linear` on restacked float32 weights: one shrink matmul per adapter for all slices.
+
+    The pure-torch path, used where the compiled kernel is not available.
+    """
+    cols = y[:, offset_start:offset_start + weights.width]
+    rank = weights.rank
+    for group in groups.groups:
+        h = take_rows(x, group.rows).float() @ weights.slot_a(group.slot).T
+        if scale != 1.0:
+            h *= scale
+        deltas = [h[:, j * rank:(j + 1) * rank] @ weights.slot_bt(group.slot, j) for j in range(len(weights.outs))]
+        delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=1)
+        add_rows(cols, group.rows, delta.to(y.dtype))
+
+
+def kernel_accepts(y: torch.Tensor, x: torch.Tensor, rows: int) -> bool:
+    """Whether the compiled kernel can take these tensors as they are (else use the torch path)."""
+    return (x.dtype in KERNEL_DTYPES and y.dtype in KERNEL_DTYPES and x.shape[0] >= rows and y.shape[0] >= rows
+            and x.stride(1) == 1 and y.stride(1) == 1 and x.device.type == "cpu" and y.device.type == "cpu")
+
+
+def fused_lora_linear(kernel, y: torch.Tensor, x: torch.Tensor, weights: FusedWeights, scale: float,
+                      slots: torch.Tensor, offset_start: int = 0) -> None:
+    """y[:, slices] += (scale * x @ A_s.T) @ B_s.T for every row with slot s >= 0, in one compiled call.
+
+    `slots` is vLLM's int64 token -> slot table for the first `len(slots)` rows; rows with -1
+    are not read or written. The caller has checked `kernel_accepts`.
+    """
+    if x.shape[1] != weights.in_features or offset_start + weights.width > y.shape[1]:
+        raise KernelError(f"LoRA shapes disagree: x {tuple(x.shape)}, y {tuple(y.shape)}, A in "
+                          f"{weights.in_features}, width {weights.width} at {offset_start}")
+    status = kernel(x.data_ptr(), KERNEL_DTYPES[x.dtype], x.stride(0), y.data_ptr(), KERNEL_DTYPES[y.dtype],
+                    y.stride(0), offset_start, slots.data_ptr(), slots.shape[0], weights.a.data_ptr(),
+                    weights.bt.data_ptr(), weights.slots, weights.in_features, weights.rank, len(weights.outs),
+                    weights.outs_array.data_ptr(), scale)
+    if status != 0:
+        raise KernelError(f"lora kernel failed with status {status} (-1: slot index >= {weights.slots}, "
+                          "-2: out of memory)")

@@ -13,8 +13,17 @@ from typing import Any
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
+from . import native
 from .grouping import NO_ROWS, AdapterGroups, RowGroup, group_rows
-from .ops import grouped_expand, grouped_lora_linear, grouped_shrink
+from .ops import (
+    cached_lora_linear,
+    fused_lora_linear,
+    grouped_expand,
+    grouped_lora_linear,
+    grouped_shrink,
+    kernel_accepts,
+)
+from .stacked import WeightCache
 
 QUALNAME = f"{__name__}.GroupedPunicaWrapperCPU"
 log = logging.getLogger(__name__)
@@ -31,12 +40,19 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         self._lm_head_key: tuple[int, int] | None = None
         self._lm_head_nonzero = False
         self._warned_prompt_logits = False
+        self.kernel = native.default_kernel()
+        """The compiled fused op, or None: the pure-torch grouped ops run instead (tests set it)."""
+        self.weights = WeightCache()
+        self.slot_ids: tuple = ()
+        self.token_slots = torch.empty(0, dtype=torch.long)
 
     def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None], max_loras: int,
                         vocab_size: int, **kwargs: Any) -> None:
         """vLLM's metadata, plus the per-slot row groups for tokens and for sampled rows."""
         super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
-        self.token_groups = group_rows(self.token_lora_indices)
+        self.slot_ids = tuple(lora_index_to_id)
+        self.token_slots = self.token_lora_indices.to(torch.long).contiguous()
+        self.token_groups = group_rows(self.token_slots)
         self.sampler_groups = group_rows(self.sampler_indices)
 
     # -- the per-layer entry points ------------------------------------------------------------
@@ -44,10 +60,16 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
                         lora_b_stacked: tuple[torch.Tensor, ...], scale: float, output_slices: tuple[int, ...],
                         *, buffer: tuple[torch.Tensor, ...] | None = None, **kwargs: Any) -> None:
-        """Fused shrink + expand per adapter (no batch-wide float32 buffer is needed)."""
+        """Fused shrink + expand of every adapter row, in one compiled call where the kernel is built."""
         assert len(lora_a_stacked) == len(lora_b_stacked) == len(output_slices)
-        grouped_lora_linear(y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1]), lora_a_stacked,
-                            lora_b_stacked, scale, output_slices, self.token_groups)
+        if self.token_groups.empty:
+            return
+        y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
+        weights = self.weights.get(lora_a_stacked, lora_b_stacked, tuple(output_slices), self.slot_ids)
+        if self.kernel is not None and kernel_accepts(y2, x2, self.token_groups.num_rows):
+            fused_lora_linear(self.kernel, y2, x2, weights, scale, self.token_slots)
+        else:
+            cached_lora_linear(y2, x2, weights, scale, self.token_groups)
 
     def add_lora_logits(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: torch.Tensor,
                         lora_b_stacked: torch.Tensor, scale: float, *, buffer: torch.Tensor | None = None,

@@ -49,18 +49,47 @@ def reference_linear(y0, x, a, b, scale, idx):
     return y.to(y0.dtype)
 
 
+def on_path(w: GroupedPunicaWrapperCPU, path: str) -> GroupedPunicaWrapperCPU:
+    """The wrapper on the compiled kernel ("kernel", skipped where none builds) or its torch ops."""
+    if path == "torch":
+        w.kernel = None
+    elif w.kernel is None:
+        pytest.skip("the compiled LoRA kernel is not available here (no C compiler)")
+    return w
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_add_lora_linear_matches_reference_with_every_slot_busy(dtype):
+def test_add_lora_linear_matches_reference_with_every_slot_busy(dtype, path):
     gen = torch.Generator().manual_seed(0)
     a, b = weights(gen, dtype)
     x = torch.randn(len(TOKENS), IN, generator=gen).to(dtype)
     y0 = torch.randn(len(TOKENS), sum(SLICES), generator=gen).to(dtype)
     y = y0.clone()
-    wrapper(GroupedPunicaWrapperCPU).add_lora_linear(y, x, a, b, 0.5, SLICES)
+    on_path(wrapper(GroupedPunicaWrapperCPU), path).add_lora_linear(y, x, a, b, 0.5, SLICES)
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.1, rtol=2e-2)
     torch.testing.assert_close(y, reference_linear(y0, x, a, b, 0.5, slots(TOKENS)), **tol)
     base = torch.tensor(slots(TOKENS)) < 0
     assert torch.equal(y[base], y0[base])
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_repro_new_adapter_in_a_slot_is_used_on_the_next_forward_pass(path):
+    """The plugin keeps float32 restacked copies of the slots' weights across forward passes; when vLLM
+    copies another adapter into a slot (`set_lora`, in place), the next pass must use the new weights."""
+    gen = torch.Generator().manual_seed(8)
+    a, b = weights(gen)
+    x = torch.randn(len(TOKENS), IN, generator=gen)
+    y0 = torch.randn(len(TOKENS), sum(SLICES), generator=gen)
+    w = on_path(wrapper(GroupedPunicaWrapperCPU), path)
+    w.add_lora_linear(y0.clone(), x, a, b, 0.5, SLICES)
+    for a_s, b_s in zip(a, b, strict=True):  # what set_lora does: copy into a view of the stacked tensor
+        a_s[2, 0, :RANK // 2].copy_(torch.randn(RANK // 2, IN, generator=gen))
+        b_s[2, 0].copy_(torch.randn(b_s.shape[-2], RANK, generator=gen))
+    w.update_metadata(LoRAMapping(TOKENS, PROMPTS, is_prefill=False), LORA_IDS, SLOTS, vocab_size=100)
+    y = y0.clone()
+    w.add_lora_linear(y, x, a, b, 0.5, SLICES)
+    torch.testing.assert_close(y, reference_linear(y0, x, a, b, 0.5, slots(TOKENS)), atol=1e-4, rtol=1e-4)
 
 
 def test_stock_wrapper_leaks_the_last_slot_into_base_tokens():

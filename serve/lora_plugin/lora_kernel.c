@@ -1,0 +1,162 @@
+// lorafleet's fused multi-LoRA linear for vLLM's CPU backend: one call per LoRA layer op.
+//
+// For every row i of the batch whose slot s = slots[i] is >= 0:
+//     y[i, col0 : col0 + width] += concat_j( (scale * x[i] @ A_sj^T) @ B_sj^T )
+// where j runs over the layer's output slices (q/k/v, gate/up, or one). Rows with a negative
+// slot (base-model tokens) are never read nor written. x and y are float32 or bfloat16; the
+// weights are float32 copies kept by the caller; products accumulate in float32 and y is
+// rounded once (round-to-nearest-even for bfloat16, like torch).
+//
+// Rows are sorted by slot and processed in tiles of up to TILE rows of one slot, so each
+// adapter row of A and B is read once per tile rather than once per token.
+//
+// Built by serve/lora_plugin/native.py with: cc -O3 -march=native -fopenmp-simd -shared -fPIC
+// (no OpenMP runtime: single-threaded, so it cannot clash with the runtime torch loads).
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TILE 4    // rows of one slot per tile: each weight row is read once per tile
+#define CHUNK 64  // output columns per expand step: the tile's accumulators stay in L1
+
+enum { F32 = 0, BF16 = 1 };
+
+static inline float bf16_to_f32(uint16_t v) {
+    uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    // NaN becomes the quiet NaN torch writes; branch-free, so the row loops vectorize.
+    return (bits & 0x7fffffffu) > 0x7f800000u ? 0x7fc0 : (uint16_t)rounded;
+}
+
+static void load_row(const void *x, int dtype, int64_t stride, int64_t row, int64_t n, float *out) {
+    if (dtype == F32) {
+        memcpy(out, (const float *)x + row * stride, (size_t)n * sizeof(float));
+    } else {
+        const uint16_t *src = (const uint16_t *)x + row * stride;
+#pragma omp simd
+        for (int64_t c = 0; c < n; c++) out[c] = bf16_to_f32(src[c]);
+    }
+}
+
+static void add_row(void *y, int dtype, int64_t stride, int64_t row, int64_t col0, int64_t n, const float *acc) {
+    if (dtype == F32) {
+        float *dst = (float *)y + row * stride + col0;
+#pragma omp simd
+        for (int64_t c = 0; c < n; c++) dst[c] += acc[c];
+    } else {
+        uint16_t *dst = (uint16_t *)y + row * stride + col0;
+#pragma omp simd
+        for (int64_t c = 0; c < n; c++) dst[c] = f32_to_bf16(bf16_to_f32(dst[c]) + acc[c]);
+    }
+}
+
+static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t c = 0; c < n; c++) s += a[c] * b[c];
+    return s;
+}
+
+// h[t][k] = scale * dot(a[k], x[t]) for the tile's rows, four adapter rows per pass over x.
+static void shrink(const float *a, const float *xs, float *h, int64_t nt, int64_t in, int64_t k_all, float scale) {
+    int64_t k = 0;
+    for (; k + 4 <= k_all; k += 4) {
+        const float *a0 = a + k * in, *a1 = a0 + in, *a2 = a1 + in, *a3 = a2 + in;
+        for (int64_t t = 0; t < nt; t++) {
+            const float *x = xs + t * in;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int64_t c = 0; c < in; c++) {
+                s0 += a0[c] * x[c];
+                s1 += a1[c] * x[c];
+                s2 += a2[c] * x[c];
+                s3 += a3[c] * x[c];
+            }
+            float *ht = h + t * k_all + k;
+            ht[0] = scale * s0, ht[1] = scale * s1, ht[2] = scale * s2, ht[3] = scale * s3;
+        }
+    }
+    for (; k < k_all; k++)
+        for (int64_t t = 0; t < nt; t++) h[t * k_all + k] = scale * dot(a + k * in, xs + t * in, in);
+}
+
+// acc[t][0:cw] = sum_k h[t][k] * b[k * stride + 0:cw] for one chunk of an output slice.
+static void expand_chunk(const float *b, int64_t stride, const float *h, int64_t k_all, int64_t rank, int64_t nt,
+                         int64_t cw, float *acc) {
+    memset(acc, 0, (size_t)(TILE * CHUNK) * sizeof(float));
+    for (int64_t k = 0; k < rank; k++) {
+        const float *restrict b_row = b + k * stride;
+        for (int64_t t = 0; t < nt; t++) {
+            const float hv = h[t * k_all + k];
+            float *restrict dst = acc + t * CHUNK;
+#pragma omp simd
+            for (int64_t c = 0; c < cw; c++) dst[c] += hv * b_row[c];
+        }
+    }
+}
+
+// a:  (slots, nsl * rank, in) float32, slot-major: slot s's A rows for slice j at row j * rank.
+// bt: (slots, rank * width) float32: slot s's B^T for slice j is a (rank, outs[j]) block
+//     starting at rank * (outs[0] + ... + outs[j-1]).
+// Returns 0, or -1 for a slot index >= slots (nothing is written then), -2 when out of memory.
+int lorafleet_lora_linear(const void *x, int x_dtype, int64_t x_stride, void *y, int y_dtype, int64_t y_stride,
+                          int64_t col0, const int64_t *slots, int64_t rows, const float *a, const float *bt,
+                          int64_t num_slots, int64_t in, int64_t rank, int64_t nsl, const int64_t *outs,
+                          float scale) {
+    int64_t width = 0;
+    for (int64_t j = 0; j < nsl; j++) width += outs[j];
+    const int64_t k_all = nsl * rank;
+    int64_t count[num_slots + 1];
+    memset(count, 0, sizeof(count));
+    for (int64_t i = 0; i < rows; i++) {
+        if (slots[i] >= num_slots) return -1;
+        if (slots[i] >= 0) count[slots[i] + 1]++;
+    }
+    for (int64_t s = 0; s < num_slots; s++) count[s + 1] += count[s];
+    const int64_t used = count[num_slots];
+    if (used == 0) return 0;
+    int64_t *order = malloc((size_t)used * sizeof(int64_t));
+    float *xs = malloc((size_t)(TILE * in + TILE * k_all + TILE * CHUNK) * sizeof(float));
+    if (!order || !xs) {
+        free(order);
+        free(xs);
+        return -2;
+    }
+    float *h = xs + TILE * in, *acc = h + TILE * k_all;
+    int64_t fill[num_slots];
+    memcpy(fill, count, sizeof(fill));
+    for (int64_t i = 0; i < rows; i++)
+        if (slots[i] >= 0) order[fill[slots[i]]++] = i;
+
+    for (int64_t s = 0; s < num_slots; s++) {
+        const float *a_s = a + s * k_all * in, *bt_s = bt + s * rank * width;
+        for (int64_t first = count[s]; first < count[s + 1]; first += TILE) {
+            const int64_t nt = count[s + 1] - first < TILE ? count[s + 1] - first : TILE;
+            for (int64_t t = 0; t < nt; t++) load_row(x, x_dtype, x_stride, order[first + t], in, xs + t * in);
+            shrink(a_s, xs, h, nt, in, k_all, scale);
+            int64_t col = 0;
+            for (int64_t j = 0; j < nsl; j++) {
+                const float *block = bt_s + rank * col;
+                for (int64_t c0 = 0; c0 < outs[j]; c0 += CHUNK) {
+                    const int64_t cw = outs[j] - c0 < CHUNK ? outs[j] - c0 : CHUNK;
+                    expand_chunk(block + c0, outs[j], h + j * rank, k_all, rank, nt, cw, acc);
+                    for (int64_t t = 0; t < nt; t++)
+                        add_row(y, y_dtype, y_stride, order[first + t], col0 + col + c0, cw, acc + t * CHUNK);
+                }
+                col += outs[j];
+            }
+        }
+    }
+    free(order);
+    free(xs);
+    return 0;
+}
