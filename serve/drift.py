@@ -262,6 +262,7 @@ class DriftMonitor:
         self._warned: set[tuple[str, str, str]] = set()
         self._rounds: Periodic | None = None
         self._seq = 0
+        self.processed = 0  # observations taken off the queue and reflected in the gauges (tests wait on it)
 
     # ---- the request path: O(1) ------------------------------------------------------------
     @classmethod
@@ -313,6 +314,7 @@ class DriftMonitor:
             touched.add(key)
         for key in touched:
             self._export(key, self._profiles.get(key))
+        self.processed += len(batch)
         return len(batch)
 
     def _profile(self, key: tuple[str, str]) -> Profile | None:

@@ -52,6 +52,7 @@ class FakeUpstream:
         self.log: list[Logged] = []
         self.replies: deque[Reply] = deque()
         self.load_delay = 0.0
+        self.load_gate: asyncio.Event | None = None  # loads wait for it to be set (in-process transport only)
         self.fail_loads = False
         self.same_output = False  # every model answers alike (a no-op adapter, for the probe)
         self.model_replies: dict[str, Reply] = {}  # served name -> its answer, every time (queued replies first)
@@ -133,6 +134,8 @@ class FakeUpstream:
         async def load(request: Request) -> Response:
             body = await request.json()
             await asyncio.sleep(fake.load_delay)
+            if fake.load_gate is not None:
+                await fake.load_gate.wait()
             if fake.fail_loads:
                 return _error(500, "cannot load")
             if body["lora_name"] in fake.loaded:

@@ -54,14 +54,17 @@ def test_repro_rotating_x_forwarded_for_does_not_dodge_the_login_limiter(tmp_pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
+        deadline = time.monotonic() + 120  # a cold start on a loaded CI machine takes a while
+        while True:
             try:
-                if httpx.get(url + "/login", timeout=1).status_code == 200:
+                if httpx.get(url + "/login", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        else:
-            pytest.fail("review serve did not start")
+            if proc.poll() is not None:
+                pytest.fail(f"review serve exited: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("review serve did not answer in 120 s")
         with httpx.Client(base_url=url) as c:
             codes = []
             for i in range(12):

@@ -18,6 +18,7 @@ from lorafleet.promotion.canary_state import CanaryState, CanaryThresholds, Cana
 from lorafleet.registry import Registry
 from tests.fakes.openai_upstream import FakeUpstream, Reply
 from tests.unit.serve.conftest import BASE, Harness, running
+from tests.waiting import until
 
 NAME = "support-intents"
 PATTERN = r"\[Intent:\s*([^\]]+?)\s*\]"
@@ -158,7 +159,8 @@ async def test_a_probe_warning_on_the_canary_rolls_back(settings, registry, fake
     async with running(settings, fake, key_store) as gw:
         await gw.state.canary.check()
         await traffic(gw, range(10))
-        await asyncio.sleep(0.2)  # the probe runs in the background after the load
+        await until(lambda: gw.state.metrics_registry.get_sample_value(  # the probe runs after the load
+            "lorafleet_probe_warnings_total", {"adapter": NAME, "version": "v2"}), "the probe's warning")
         made = await gw.state.canary.check()
         assert [d.kind for d in made] == ["rolled_back"]
         assert registry.card(NAME, "v2").decisions[-1]["evidence"]["signal"] == "probe_warnings"
@@ -251,14 +253,14 @@ async def test_the_background_rounds_pick_a_new_canary_up_and_roll_it_back(setti
     fake.model_replies[f"{NAME}@v2"] = Reply("boom", status=500)
     async with running(settings, fake, key_store) as gw:
         start_canary(registry, min_samples=10)  # after the gateway started: promote --canary on a live fleet
-        await asyncio.sleep(0.5)
+        # a refresh round picks it up (traffic before that is not counted: only running canaries are)
+        await until(gw.state.canary.status, "the watcher picking the new canary up")
         await traffic(gw)
-        for _ in range(50):
-            if registry.aliases(NAME)["prod"] == "v1":
-                break
-            await asyncio.sleep(0.1)
+        # the counter goes up last, after the alias and the card were written (in the round's worker thread)
+        await until(lambda: rollbacks(gw, "error_rate"), "the background rollback")
         assert registry.aliases(NAME)["prod"] == "v1"
         assert rollbacks(gw, "error_rate") == 1
+        assert registry.card(NAME, "v2").decisions[-1]["evidence"]["signal"] == "error_rate"
 
 
 async def test_repro_stable_answers_with_a_label_the_canarys_quick_run_never_saw_are_valid(

@@ -11,6 +11,7 @@ from lorafleet.serve.capture import Capture
 from pydantic import SecretStr
 
 from tests.unit.serve.conftest import running
+from tests.waiting import until
 
 
 class FakeReview:
@@ -34,12 +35,8 @@ class FakeReview:
         return httpx.Response(200, json={"created": len(body["items"]), "existing": 0})
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
+def counted(gw, name: str, **labels: str) -> float:  # noqa: ANN001 - the Harness
+    return gw.state.metrics_registry.get_sample_value(name, labels) or 0.0
 
 
 async def test_capture_spools_while_down_and_sends_each_sample_once(serve_settings, fake, key_store,
@@ -52,15 +49,15 @@ async def test_capture_spools_while_down_and_sends_each_sample_once(serve_settin
         for i in range(3):
             assert (await gw.chat("pirate", messages=[{"role": "user", "content": f"q{i}"}])).status_code == 200
         assert (await gw.chat("clauses")).status_code == 200  # not captured (rate 0)
-        await _until(lambda: client.pending() == 3)
-        assert settings.spool_path.exists()
+        # each push counts what it spooled last, after its send failed: all three are done (none sent)
+        await until(lambda: counted(gw, "lorafleet_capture_spooled_total") == 3, "three pushes spooled")
+        assert client.pending() == 3 and settings.spool_path.exists()
 
         review.up = True
         resp = await gw.chat("pirate", stream=True, messages=[{"role": "user", "content": "streamed"}])
         assert resp.status_code == 200
-        await _until(lambda: len(review.received) == 4)
-        await asyncio.sleep(0.1)
-        assert client.pending() == 0
+        await until(lambda: counted(gw, "lorafleet_capture_sent_total") == 4, "the four samples sent")
+        assert client.pending() == 0 and len(review.received) == 4
         ids = [item["id"] for item in review.received]
         assert len(set(ids)) == 4
         prompts = [item["prompt"][0]["content"] for item in review.received]
@@ -79,7 +76,8 @@ async def test_spooled_samples_survive_a_restart(serve_settings, fake, key_store
     transport = httpx.MockTransport(review.handler)
     async with running(settings, fake, key_store, review_transport=transport) as gw:
         await gw.chat("pirate")
-        await _until(lambda: gw.state.capture.sink.client.pending() == 1)
+        await until(lambda: counted(gw, "lorafleet_capture_spooled_total") == 1, "the push spooled")
+        assert gw.state.capture.sink.client.pending() == 1
     review.up = True
     async with running(settings, fake, key_store, review_transport=transport) as gw:
         await asyncio.to_thread(gw.state.capture.sink.client.flush)
@@ -97,8 +95,12 @@ async def test_repro_refused_batch_kept_and_counted(serve_settings, fake, key_st
         client = gw.state.capture.sink.client
         for i in range(2):
             assert (await gw.chat("pirate", messages=[{"role": "user", "content": f"q{i}"}])).status_code == 200
-        await _until(lambda: client.pending() == 2)
-        await _until(lambda: gw.state.capture.queue_check is not None)
+        # a push counts sent, spooled, rejected, then the pending gauge: wait for the second push's last count
+        await until(lambda: counted(gw, "lorafleet_capture_spooled_total") == 2
+                    and counted(gw, "lorafleet_capture_rejected_total", reason="queue_missing") == 2
+                    and counted(gw, "lorafleet_capture_spool_pending") == 2, "both pushes counted")
+        await until(lambda: gw.state.capture.queue_check is not None, "the start-up queue check")
+        assert client.pending() == 2
         assert gw.state.capture.queue_check.refusal.reason == "queue_missing"
         metrics = (await gw.client.get("/metrics")).text
         assert "lorafleet_capture_sent_total 0.0" in metrics
@@ -125,8 +127,9 @@ async def test_corrupt_spool_lines_are_quarantined_and_counted(serve_settings, f
     good = {"queue": "capture", "item": {"id": "left-over", "prompt": "hi", "response": "yo", "source": "capture"}}
     settings.spool_path.write_text("not json\n" + json.dumps(good) + "\n" + '{"queue": "capture", "it')
     async with running(settings, fake, key_store, review_transport=httpx.MockTransport(review.handler)) as gw:
-        await _until(lambda: len(review.received) == 1)  # the start-up flush sends what a crash left
-        await _until(lambda: gw.state.metrics_registry.get_sample_value("lorafleet_capture_quarantined_total") == 2)
+        # the start-up flush sends what a crash left and counts (sent first, quarantined after)
+        await until(lambda: counted(gw, "lorafleet_capture_quarantined_total") == 2, "the start-up flush")
+        assert len(review.received) == 1
         metrics = (await gw.client.get("/metrics")).text
         assert "lorafleet_capture_quarantined_total 2.0" in metrics and "lorafleet_capture_sent_total 1.0" in metrics
     quarantine = settings.spool_path.with_name(settings.spool_path.name + ".quarantine").read_text()
@@ -151,7 +154,7 @@ async def test_the_flush_loop_logs_its_errors_and_keeps_going(monkeypatch, tmp_p
     monkeypatch.setattr(capture_mod, "FLUSH_INTERVAL", 0.01)
     cap = Capture({"a": 1.0}, AsyncSampleSink(Broken("http://review", "t", tmp_path / "spool.jsonl"), "capture"))
     cap.start()
-    await _until(lambda: Broken.calls >= 2)
+    await until(lambda: Broken.calls >= 2, "two flush rounds")
     await cap.stop()
     assert "checking review queue 'capture' failed" in caplog.text
     assert "flushing the spool" in caplog.text and "disk on fire" in caplog.text

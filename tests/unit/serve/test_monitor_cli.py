@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ from lorafleet.cli.main import main
 from lorafleet.registry import Registry
 from tests.unit.serve.conftest import gateway_on_loopback
 from tests.unit.serve.test_drift import EVAL_RUN, INTENTS, OFF, register, user_texts
+from tests.waiting import until_sync
 
 REPO = Path(__file__).resolve().parents[3]
 PAGE = """\
@@ -113,13 +113,11 @@ def monitor_json(data_dir: Path, url: str, ref: str) -> list[dict]:
 
 
 def wait_window(url: str, n: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def full() -> bool:
         rows = mon.parse_drift(httpx.get(f"{url}/metrics").text, "support-intents")
-        if rows and rows[0].requests >= n:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"drift window never reached {n}")
+        return bool(rows) and rows[0].requests >= n
+
+    until_sync(full, f"a drift window of {n}")
 
 
 def test_monitor_shows_drift_rising_when_off_distribution_prompts_arrive(
@@ -129,7 +127,7 @@ def test_monitor_shows_drift_rising_when_off_distribution_prompts_arrive(
     registry.set_alias("support-intents", "prod", "v1")
     serve_settings.drift_monitor.window = 60
     with fake.serve() as upstream, gateway_on_loopback(serve_settings, upstream, fake.api_key, key_store) as (
-            url, admin, _state):
+            url, admin, state):
         def send(prompts: list[str], answer: str) -> None:
             for prompt in prompts:
                 fake.enqueue(answer)
@@ -141,8 +139,8 @@ def test_monitor_shows_drift_rising_when_off_distribution_prompts_arrive(
         wait_window(url, 60)
         (calm,) = monitor_json(serve_settings.data_dir, url, "support-intents@prod")
         send(OFF * 4, "Sure! Here is a long and friendly answer about something else entirely.")
-        wait_window(url, 60)
-        time.sleep(0.6)  # the last batch's gauges
+        # the window holds 60 already: wait until drift has taken every request in (its gauges set after)
+        until_sync(lambda: state.drift.processed == 60 + len(OFF) * 4, "drift processing every request")
         (drifted,) = monitor_json(serve_settings.data_dir, url, "support-intents")
         shown = cli(serve_settings.data_dir, "adapters", "monitor", "support-intents@v1", "--gateway", url)
     assert calm["version"] == "v1" and calm["requests"] == 60

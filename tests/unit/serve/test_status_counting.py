@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.fakes.openai_upstream import FakeUpstream
 from tests.unit.serve.conftest import BASE, Harness, running
+from tests.waiting import until
 
 
 def requests_total(registry: CollectorRegistry, **labels: str) -> float:
@@ -56,9 +57,13 @@ async def test_repro_429_counted(gw: Harness) -> None:
 async def test_repro_overload_503_counted(serve_settings: ServeSettings, fake: FakeUpstream,
                                           key_store: KeyStore, gw_registry) -> None:
     settings = serve_settings.updated(**{"max_in_flight": 1})
-    fake.load_delay = 0.5  # the first request holds the only slot while its adapter loads
+    fake.load_gate = asyncio.Event()  # the first request holds the only slot while its adapter loads
     async with running(settings, fake, key_store) as gw:
-        first, second = await asyncio.gather(gw.chat("pirate"), _after(0.1, gw.chat(BASE)))
+        loading = asyncio.create_task(gw.chat("pirate"))
+        await until(lambda: fake.calls("/v1/load_lora_adapter"), "the first request loading its adapter")
+        second = await gw.chat(BASE)
+        fake.load_gate.set()
+        first = await loading
         assert (first.status_code, second.status_code) == (200, 503)
         registry = gw.state.metrics_registry
         assert requests_total(registry, endpoint="chat", status="503") == 1
@@ -86,8 +91,3 @@ def test_endpoint_labels_are_bounded() -> None:
     assert endpoint_label("/admin/adapters/load") == "admin"
     assert endpoint_label("/v1/chat/completions") == "chat"
     assert endpoint_label("/wp-login.php") == "other"
-
-
-async def _after(seconds: float, coro):
-    await asyncio.sleep(seconds)
-    return await coro
