@@ -5,9 +5,10 @@ for B, in the model's dtype. Per op, converting them to float32 and walking the 
 more than the products on a decode batch, so each layer's weights are restacked once into
     a:  (slots, n_slices * rank, in)  -- one slot's A rows for every slice, contiguous;
     bt: (slots, rank * width)         -- one slot's B^T blocks, (rank, out_j) per slice j,
-and rebuilt only when vLLM writes a slot: the key holds the slot -> LoRA id table the wrapper
-got in `update_metadata` (vLLM gives every load a new id) and, where torch tracks it, each
-stacked tensor's in-place version counter (`set_lora`/`reset_lora` copy into the tensor).
+and copied again only when vLLM writes a slot: the cache compares the slot -> LoRA id table the
+wrapper got in `update_metadata` (vLLM gives every load a new id, and calls `update_metadata`
+whenever that table changes) and, where torch tracks it, each stacked tensor's in-place version
+counter (`set_lora`/`reset_lora` copy into the tensor).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass
 class FusedWeights:
     """One LoRA layer's adapters, float32, slot-major (see the module docstring)."""
 
-    key: tuple
+    ptrs: tuple[int, ...]
+    """Addresses of vLLM's stacked tensors these were copied from: another layout means a rebuild."""
+    slot_ids: tuple
+    versions: tuple[int | None, ...]
     a: torch.Tensor
     bt: torch.Tensor
     rank: int
@@ -50,6 +54,14 @@ class FusedWeights:
         start = self.rank * sum(self.outs[:j])
         return self.bt[slot, start:start + self.rank * self.outs[j]].view(self.rank, self.outs[j])
 
+    def copy_slot(self, slot: int, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...]) -> None:
+        """Copy (and convert) one slot from vLLM's stacked tensors; B clipped to each slice's width."""
+        rank = self.rank
+        for j, (a_j, b_j) in enumerate(zip(lora_a, lora_b, strict=True)):
+            self.a[slot, j * rank:(j + 1) * rank].copy_(a_j[slot].reshape(rank, a_j.shape[-1]))
+            b = b_j[slot].reshape(b_j.shape[-2], rank)[:self.outs[j]]
+            self.slot_bt(slot, j).copy_(b.T)
+
 
 def version(t: torch.Tensor) -> int | None:
     """The tensor's in-place version counter; None for inference tensors, which keep none."""
@@ -59,35 +71,47 @@ def version(t: torch.Tensor) -> int | None:
         return None
 
 
-def weights_key(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], outs: tuple[int, ...],
-                slot_ids: tuple) -> tuple:
-    return (slot_ids, outs, tuple((t.data_ptr(), version(t)) for t in (*lora_a, *lora_b)))
-
-
 def fuse(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], outs: tuple[int, ...],
-         key: tuple) -> FusedWeights:
-    """Restack one layer's slices (B clipped to each slice's width, as vLLM's expand does)."""
+         slot_ids: tuple) -> FusedWeights:
+    """Restack every slot of one layer."""
+    tensors = (*lora_a, *lora_b)
     slots, rank = lora_a[0].shape[0], lora_a[0].shape[-2]
-    a = torch.cat([t.reshape(slots, rank, t.shape[-1]) for t in lora_a], dim=1).float().contiguous()
-    blocks = [t.reshape(slots, t.shape[-2], rank)[:, :size].transpose(1, 2).float().reshape(slots, rank * size)
-              for t, size in zip(lora_b, outs, strict=True)]
-    bt = torch.cat(blocks, dim=1).contiguous()
-    return FusedWeights(key=key, a=a, bt=bt, rank=rank, outs=outs, outs_array=torch.tensor(outs, dtype=torch.int64))
+    weights = FusedWeights(ptrs=tuple(t.data_ptr() for t in tensors), slot_ids=slot_ids,
+                           versions=tuple(version(t) for t in tensors),
+                           a=torch.empty(slots, len(outs) * rank, lora_a[0].shape[-1]),
+                           bt=torch.empty(slots, rank * sum(outs)), rank=rank, outs=outs,
+                           outs_array=torch.tensor(outs, dtype=torch.int64))
+    for slot in range(slots):
+        weights.copy_slot(slot, lora_a, lora_b)
+    return weights
 
 
 class WeightCache:
-    """`FusedWeights` per LoRA layer (keyed by its first A tensor's address), rebuilt when stale."""
+    """`FusedWeights` per LoRA layer (keyed by its first A tensor's address), kept fresh.
+
+    When the slot table changes only the slots whose LoRA id changed are copied again (vLLM
+    writes a slot only when it puts another adapter there: a new id); when a tensor was written
+    in place under an unchanged table, every slot is.
+    """
 
     def __init__(self) -> None:
         self._layers: dict[int, FusedWeights] = {}
 
     def get(self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], outs: tuple[int, ...],
             slot_ids: tuple) -> FusedWeights:
-        key = weights_key(lora_a, lora_b, outs, slot_ids)
+        tensors = (*lora_a, *lora_b)
         layer = lora_a[0].data_ptr()
         cached = self._layers.get(layer)
-        if cached is None or cached.key != key:
-            cached = self._layers[layer] = fuse(lora_a, lora_b, outs, key)
+        if cached is None or cached.outs != outs or cached.ptrs != tuple(t.data_ptr() for t in tensors):
+            cached = self._layers[layer] = fuse(lora_a, lora_b, outs, slot_ids)
+            return cached
+        versions = tuple(version(t) for t in tensors)
+        if cached.slot_ids == slot_ids and cached.versions == versions:
+            return cached
+        changed = [s for s in range(cached.slots) if cached.slot_ids[s:s + 1] != slot_ids[s:s + 1]]
+        for slot in changed or range(cached.slots):
+            cached.copy_slot(slot, lora_a, lora_b)
+        cached.slot_ids, cached.versions = slot_ids, versions
         return cached
 
     def __len__(self) -> int:

@@ -132,11 +132,17 @@ def test_weight_cache_hits_until_a_slot_is_written_or_the_slot_table_changes():
     assert cache.get(a, b, (24, 8), (1, 2, 3, 4)) is first
     assert first.a.dtype == torch.float32 and first.a.shape == (SLOTS, 8, 16)
     torch.testing.assert_close(first.slot_bt(2, 1), b[1][2, 0].float().T)
-    b[1][2, 0].copy_(torch.ones(8, 4))  # vLLM's set_lora: an in-place copy into the stacked tensor
-    second = cache.get(a, b, (24, 8), (1, 2, 3, 4))
-    assert second is not first and torch.equal(second.slot_bt(2, 1), torch.ones(4, 8))
-    assert cache.get(a, b, (24, 8), (1, 9, 3, 4)) is not second
+    b[1][2, 0].copy_(torch.ones(8, 4))  # an in-place write under the same slot table: every slot again
+    assert torch.equal(cache.get(a, b, (24, 8), (1, 2, 3, 4)).slot_bt(2, 1), torch.ones(4, 8))
+    # vLLM's set_lora puts a new adapter (a new id) in slot 1: that slot is copied, the others kept.
+    a[0][1, 0].copy_(torch.full((4, 16), 2.0))
+    a[0][3, 0].copy_(torch.full((4, 16), 3.0))  # not a real vLLM write (id unchanged): shows what is copied
+    fresh = cache.get(a, b, (24, 8), (1, 9, 3, 4))
+    assert torch.equal(fresh.slot_a(1)[:4], torch.full((4, 16), 2.0))
+    assert not torch.equal(fresh.slot_a(3)[:4], torch.full((4, 16), 3.0))
     assert len(cache) == 1
+    bigger = tuple(torch.zeros(SLOTS, 1, 4, 16) for _ in range(2)), b  # another tensor: rebuilt whole
+    assert torch.equal(cache.get(*bigger, (24, 8), (1, 9, 3, 4)).a, torch.zeros(SLOTS, 8, 16))
 
 
 def test_without_a_compiler_the_torch_path_is_chosen_and_logged(tmp_path, monkeypatch, caplog):
