@@ -40,7 +40,17 @@ def train(
         "--gradient-checkpointing/--no-gradient-checkpointing",
         help="Recompute activations in backward: much less memory on big bases, ~30% slower.")] = None,
     precision: Annotated[str | None, typer.Option(
-        help="auto | fp32 | bf16: auto is bf16 on a CUDA GPU that has it, else fp32 (CPU).")] = None,
+        help="auto | fp32 | bf16: auto is bf16 on a CUDA GPU that has it, else fp32 (CPU); bf16 also on a "
+             "CPU with native bf16 (AVX512-BF16/AMX).")] = None,
+    padding_free: Annotated[bool | None, typer.Option(
+        "--padding-free/--no-padding-free",
+        help="Batches as one row without pad tokens (attention stays inside each example).")] = None,
+    group_by_length: Annotated[bool | None, typer.Option(
+        "--group-by-length/--no-group-by-length", help="Batch examples of similar length together.")] = None,
+    packing: Annotated[bool | None, typer.Option(
+        "--packing/--no-packing", help="Pack several examples per max-length row (TRL bfd): more per step.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads (default: torch's own).")] = None,
+    dataloader_workers: Annotated[int | None, typer.Option(help="Batch-collating processes (0: in-process).")] = None,
     serving_check: Annotated[bool | None, typer.Option(
         "--serving-check/--no-serving-check",
         help="QLoRA: also measure the adapter as served (a second, full-precision copy of the base).")] = None,
@@ -80,6 +90,8 @@ def train(
         "target_modules": target_modules.split(",") if target_modules else None, "epochs": epochs,
         "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "max_length": max_length,
         "gradient_checkpointing": gradient_checkpointing, "precision": precision, "serving_check": serving_check,
+        "padding_free": padding_free, "group_by_length": group_by_length, "packing": packing, "threads": threads,
+        "dataloader_workers": dataloader_workers,
         "on_overlong": on_overlong, "allow_leakage": allow_leakage, "allow_held_out": allow_held_out,
         "eval_steps": eval_steps,
         "patience": patience, "seed": seed, "resume": resume, "samples": samples,

@@ -103,3 +103,11 @@ def test_padding_free_scores_the_same_tokens_as_padded_batches(tiny_model: Path,
     assert loss_b == pytest.approx(loss_a, rel=1e-4)
     for name, grad in grads_a.items():
         torch.testing.assert_close(grads_b[name], grad, rtol=1e-3, atol=1e-6)
+
+
+def test_cli_lever_flags_are_validated(capsys: pytest.CaptureFixture[str], train_file: Path, tmp_path: Path) -> None:
+    from tests.unit.train.helpers import run_cli
+
+    code, _, err = run_cli(capsys, "--data-dir", str(tmp_path / "d"), "train", "--train", str(train_file),
+                           "--name", "s", "--threads", "0", "--padding-free", "--no-track")
+    assert code != 0 and "--threads" in err and "Traceback" not in err
