@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 PROBE_MESSAGES = [{"role": "user", "content": "Hello! Who are you and what do you do?"}]
 PROBE_TOKENS = 8
+# The after-load probe waits until the requests that waited for the load are done (its two prefills would
+# join their batch and delay their first token: a cold adapter's first token is what users wait for), at
+# most this long, polling this often.
+PROBE_DEFER_MAX_S = 30.0
+PROBE_POLL_S = 0.05
 DEFAULT_VARIANT = "base"  # the base as prepared; other variants (e.g. nf4) get replicas of their own
 
 
@@ -208,7 +213,14 @@ class HotSet:
         self._update_size()
         log.info("loaded %s on %s in %.2fs", served_name, self.upstream.name, time.monotonic() - start)
         if self.probe_enabled:
-            self._spawn(self.probe(served_name))
+            self._spawn(self.probe_when_idle(served_name))
+
+    async def probe_when_idle(self, served_name: str) -> bool:
+        """`probe`, once no request for this adapter is in flight (or after `PROBE_DEFER_MAX_S`)."""
+        deadline = time.monotonic() + PROBE_DEFER_MAX_S
+        while self.in_use.get(served_name) and time.monotonic() < deadline:
+            await asyncio.sleep(PROBE_POLL_S)
+        return await self.probe(served_name)
 
     async def _make_room(self) -> None:
         # loads in flight count too, or concurrent loads of different adapters overshoot

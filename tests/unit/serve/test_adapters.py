@@ -128,3 +128,19 @@ async def test_probe_warns_when_adapter_output_equals_base(serve_settings, fake,
         assert 'lorafleet_probe_warnings_total{adapter="pirate",version="v1"} 1.0' in metrics
         probe_calls = [c for c in fake.calls("/v1/chat/completions") if c.body.get("max_tokens") == 8]
         assert {c.body["model"] for c in probe_calls} == {BASE, "pirate@v1"}
+
+
+async def test_repro_after_load_probe_waits_until_the_loads_requests_are_done(serve_settings, fake, key_store) -> None:
+    """The probe's two greedy chats ran beside the request that triggered the load, joined its batch and
+    delayed a cold adapter's first token; now they start once that adapter has no request in flight."""
+    settings = serve_settings.updated(**{"probe": True})
+    async with running(settings, fake, key_store) as gw:
+        hot = gw.state.hot_sets["u0"]
+        busy = gw.state.pool.replicas[0]._adapter_in_flight
+        busy["pirate@v1"] += 1  # a request for it still streaming
+        probe = asyncio.create_task(hot.probe_when_idle("pirate@v1"))
+        await asyncio.sleep(0.3)
+        assert not probe.done() and not fake.calls("/v1/chat/completions")
+        del busy["pirate@v1"]
+        assert await asyncio.wait_for(probe, 5) is True
+        assert {c.body["model"] for c in fake.calls("/v1/chat/completions")} == {BASE, "pirate@v1"}
