@@ -288,6 +288,25 @@ def trained_on(base: Path, *, qlora: bool, data_dir: Path) -> TrainedOn:
     return TrainedOn(variant=FULL, path=str(Path(base).resolve()), weights_sha256=base_digest(base))
 
 
+def folder_variant(folder: Path, *, weights_sha256: str | None = None) -> TrainedOn:
+    """What an adapter checked on `folder` was trained on (an imported one: `adapters import`): the nf4 twin
+    when the folder is one (its manifest says so), else the base as it is; `weights_sha256` when known."""
+    folder = Path(folder).resolve()
+    manifest = read_manifest(folder)
+    if manifest is not None and manifest.variant == NF4:
+        return TrainedOn(variant=NF4, path=str(folder), weights_sha256=manifest.weights_sha256)
+    return TrainedOn(variant=FULL, path=str(folder), weights_sha256=weights_sha256 or base_digest(folder))
+
+
+def is_nf4_twin(folder: Path) -> bool:
+    """Does `folder` hold an nf4 twin (a readable manifest saying so)?"""
+    try:
+        manifest = read_manifest(folder) if (Path(folder) / "config.json").is_file() else None
+    except BaseModelError:
+        return False
+    return manifest is not None and manifest.variant == NF4
+
+
 def variant_of(card: AdapterCard) -> str:
     """The base variant an adapter must be served on: its card's trained_on, or nf4 for a QLoRA card
     written before trained_on existed."""

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from lorafleet.adapter_files import PeftInfo, check_servable, inspect_peft_dir
 from lorafleet.base_model import inspect_base
-from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo
+from lorafleet.base_variants import NF4, folder_variant, is_nf4_twin
+from lorafleet.card import AdapterCard, BaseModelRef, LoraInfo, TrainedOn
 from lorafleet.cli.card_story import fidelity_line, trained_on_line  # noqa: F401 - re-exported
 from lorafleet.cli.common import console, err_console, print_json, settings_from
 from lorafleet.errors import RegistryError
@@ -261,10 +262,9 @@ def import_(
         raise RegistryError(f"{peft_dir}: no base to check this adapter against ({info.base_model} is not a "
                             f"local folder and {settings.base_dir} does not exist)",
                             hint="pass --base DIR (the base it is served on), or run `lorafleet base prepare`")
-    base_ref = BaseModelRef(id=info.base_model)
+    base_ref, trained_on = BaseModelRef(id=info.base_model), None
     if base_dir is not None:
-        found = inspect_base(base_dir)
-        base_ref = BaseModelRef(id=found.model_id, path=str(found.path), weights_sha256=found.weights_sha256)
+        base_ref, trained_on = imported_base(base_dir)
     if skip_fidelity:
         fidelity = {"skipped": "--skip-fidelity"}
     else:
@@ -275,8 +275,9 @@ def import_(
     card = AdapterCard(
         name=name, version="v1", source="imported", base=base_ref,
         lora=LoraInfo(rank=info.rank, alpha=info.alpha, target_modules=info.target_modules,
-                      dropout=info.config.get("lora_dropout")),
-        training={"imported_from": str(Path(peft_dir).resolve())}, fidelity=fidelity,
+                      dropout=info.config.get("lora_dropout"),
+                      quantization=NF4 if trained_on is not None and trained_on.variant == NF4 else None),
+        trained_on=trained_on, training={"imported_from": str(Path(peft_dir).resolve())}, fidelity=fidelity,
     )
     resolved = _registry(ctx).register(name, peft_dir, card)
     if as_json:
@@ -288,14 +289,29 @@ def import_(
 
 
 def import_base(given: Path | None, info: PeftInfo, configured: Path) -> Path | None:
-    """The base an imported adapter is checked on: --base, else the one served (configured/embedded), else its
-    adapter_config's base when that is a local folder."""
+    """The base an imported adapter is checked on: --base, else its adapter_config's base when that is a local
+    nf4 twin (trained on it: served on it), else the one served (configured/embedded), else its adapter_config's
+    base when that is a local folder."""
     if given is not None:
         return given
-    for candidate in (configured, Path(info.base_model)):
+    named = Path(info.base_model)
+    if is_nf4_twin(named):
+        return named
+    for candidate in (configured, named):
         if (candidate / "config.json").is_file():
             return candidate
     return None
+
+
+def imported_base(base_dir: Path) -> tuple[BaseModelRef, TrainedOn]:
+    """The card's base and trained_on for an adapter checked on `base_dir`: on an nf4 twin, the base it was made
+    from and the twin (as `train` records a QLoRA run); else that base, full, with its weights' sha256."""
+    found = inspect_base(base_dir)
+    trained_on = folder_variant(base_dir, weights_sha256=found.weights_sha256)
+    made_from = found.manifest.derived_from if found.manifest is not None else None
+    if trained_on.variant == NF4 and made_from is not None:
+        return BaseModelRef(id=found.model_id, path=made_from.path, weights_sha256=made_from.weights_sha256), trained_on
+    return BaseModelRef(id=found.model_id, path=str(found.path), weights_sha256=found.weights_sha256), trained_on
 
 
 @app.command()
