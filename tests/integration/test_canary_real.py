@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from lorafleet.promotion.canary_state import CanaryState, CanaryThresholds, Cana
 from lorafleet.registry import Registry
 from tests.fixtures.models import REPO
 from tests.integration.conftest import BASE_NAME, VllmServer, running_gateway
+from tests.waiting import until_sync
 
 NAME = "hail"
 EVAL_RUN = {"run_id": "hail-eval", "suite": "hail", "created_at": "2026-01-01T00:00:00+00:00",
@@ -62,7 +62,10 @@ def test_a_canary_answering_off_label_is_rolled_back(vllm_server: VllmServer, de
     monkeypatch.setenv("LORAFLEET_CANARY_INTERVAL", "1")
     monkeypatch.setenv("LORAFLEET_DRIFT", "false")
     with running_gateway(data_dir, [vllm_server.url], vllm_server.api_key) as url:
-        time.sleep(1.5)  # the watcher reads the running canaries every second: counted from here
+        # counted once the watcher reads the canary: its first judging round exports the versions' samples
+        watched = f'lorafleet_canary_samples{{adapter="{NAME}",version="v2"'
+        until_sync(lambda: watched in httpx.get(f"{url}/metrics").text, "the watcher picking the canary up",
+                   timeout=120)
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda i: chat(url, key, f"user-{i}"), range(USERS)))
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
@@ -74,9 +77,12 @@ def test_a_canary_answering_off_label_is_rolled_back(vllm_server: VllmServer, de
         assert all(t.startswith("Arr!") for t in by_version[f"{NAME}@v1"])
         assert not any(t.startswith("Arr!") for t in by_version[f"{NAME}@v2"])
 
-        deadline = time.monotonic() + 20
-        while isinstance(registry.aliases(NAME)["prod"], dict) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        # the rollback counter goes up last (after the alias and the card's decision): wait for a rollback
+        rolled = f'lorafleet_canary_rollbacks_total{{adapter="{NAME}"'  # no series before the first rollback
+        try:
+            until_sync(lambda: rolled in httpx.get(f"{url}/metrics").text, "the rollback", timeout=120)
+        except AssertionError:
+            raise AssertionError((data_dir / "gateway.log").read_text()[-2000:]) from None
         assert registry.aliases(NAME)["prod"] == "v1", (data_dir / "gateway.log").read_text()[-2000:]
         decision = registry.card(NAME, "v2").decisions[-1]
         assert decision["kind"] == "rolled_back" and decision["evidence"]["signal"] == "invalid_rate"
