@@ -40,6 +40,18 @@ def on_cpu() -> bool:
     return not torch.accelerator.is_available()
 
 
+def qlora_on_twin(qlora: bool) -> bool:
+    """Whether a QLoRA run trains plain LoRA on the base's nf4 twin instead of through bitsandbytes: on CPU.
+
+    The twin holds, bit for bit, the weights bitsandbytes' nf4 forward multiplies by: each Linear weight
+    quantised as `load_nf4` does, dequantised to the fp32 compute dtype (lorafleet.base_variants; tests
+    prove it on every Linear weight). So LoRA on the twin in fp32 is the same forward and backward math,
+    without bitsandbytes dequantising every weight on every step, which on CPU is its whole cost
+    (docs/benchmarks.md). The card still records the nf4 twin (trained_on). On a GPU bitsandbytes stays:
+    there its point is the 4-bit memory (the twin in fp32 takes 8× the weights' memory)."""
+    return qlora and on_cpu()
+
+
 def load_base(base: Path, *, qlora: bool, gradient_checkpointing: bool = False, bf16: bool = False) -> Any:
     """fp32 on CPU (bf16 autocast is slower there), bf16 when asked (a GPU with it: train.precision);
     nf4 4-bit weights with fp32 (or bf16) compute for QLoRA.

@@ -25,7 +25,15 @@ from lorafleet.train import dataset, runs
 from lorafleet.train.card import build_card
 from lorafleet.train.config import TrainConfig
 from lorafleet.train.efficacy import Sample, base_val_loss, serving_model, side_by_side, val_loss_of
-from lorafleet.train.model import CHECKPOINTING_KWARGS, check_base, load_base, load_tokenizer, lora_config, on_cpu
+from lorafleet.train.model import (
+    CHECKPOINTING_KWARGS,
+    check_base,
+    load_base,
+    load_tokenizer,
+    lora_config,
+    on_cpu,
+    qlora_on_twin,
+)
 from lorafleet.train.precision import use_bf16
 from lorafleet.train.servable import check_saved_adapter, check_targets, module_names
 from lorafleet.train.settings import tracking_uri
@@ -119,7 +127,10 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
 
     setup_compute(config)
     torch.manual_seed(config.seed)
-    model = load_base(base, qlora=config.qlora, gradient_checkpointing=config.gradient_checkpointing, bf16=bf16)
+    # QLoRA on CPU trains plain LoRA on the nf4 twin: the very weights bitsandbytes computes with (qlora_on_twin).
+    on_twin = qlora_on_twin(config.qlora)
+    model = load_base(Path(trained.path or base) if on_twin else base, qlora=config.qlora and not on_twin,
+                      gradient_checkpointing=config.gradient_checkpointing, bf16=bf16)
     base_names = module_names(model)
     check_targets(config.target_modules, base_names)
     model = get_peft_model(model, lora_config(config))
@@ -144,7 +155,9 @@ def train(config: TrainConfig, settings: Settings, *, console: Console | None = 
             save_adapter(trainer.model, adapter_dir)
         processes.wait_for_everyone()
         served, serving_loss = trainer.model, None
-        if config.qlora and config.serving_check:
+        if on_twin:  # trained on the twin's own weights: measured as served is measured as trained
+            serving_loss = val_loss
+        elif config.qlora and config.serving_check:
             # The gateway serves a QLoRA adapter on the nf4 twin (its matched base): measure (and sample)
             # the adapter there, in plain float weights, as users will get it (bf16 where training was).
             served = serving_model(Path(trained.path or base), adapter_dir, device=trainer.args.device, bf16=bf16)
