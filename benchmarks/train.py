@@ -2,6 +2,13 @@
 
     .venv/bin/python benchmarks/train.py [--steps 6] [--batch 4] [--base DIR]
     python3 benchmarks/train.py --device cuda --shape 135m,1.7b [--seq-len 512] [--grad-ckpt] [--json OUT.json]
+    .venv/bin/python benchmarks/train.py --vs-trl [--config examples/train/support-intents.yaml] [--steps 20]
+        [--repeat 2] [--set padding_free=false ...] [--trl-bf16]
+
+--vs-trl: `lorafleet train`'s trainer (recipe.build_trainer with the config's levers) against stock
+`trl.SFTTrainer` on the same rows, model build, LoRA init, steps, batch, lr and schedule, each side
+in its own subprocess (alternating order when repeated): steady tok/s of real (non-pad) tokens and
+the val loss, scored alike for both (see vs_worker and scored_val_loss), then the ratio.
 
 Default (no --shape): the embedded SmolLM2-135M base on CPU, same data (support-intents train,
 first examples), same steps, same batch; each mode runs in its own subprocess so its peak RSS
@@ -330,6 +337,240 @@ def ratio(result: dict, reference: dict | None, key: str) -> str:
     return f"{result[key] / reference[key]:.2f}" if reference else "-"
 
 
+# --- lorafleet train vs plain TRL (--vs-trl): issue 19 ------------------------------------------
+
+VS_CONFIG = REPO / "examples" / "train" / "support-intents.yaml"
+VS_SIDES = ("trl", "lorafleet")
+
+
+def parse_sets(items: list[str]) -> dict:
+    """--set key=value (TrainConfig fields; YAML-typed values) → overrides for the lorafleet side."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: use key=value, e.g. --set padding_free=false")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def vs_worker(side: str, args: argparse.Namespace) -> dict:
+    """One side's training run: the same data, model build, LoRA init, steps, batch, lr and schedule.
+
+    lorafleet: `lorafleet train`'s own trainer (lorafleet.train.recipe.build_trainer, the config's
+    levers). trl: stock `trl.SFTTrainer` + `SFTConfig` with TRL's defaults, except what defines the
+    training problem (batch, steps, lr, schedule, max_length, seed) and gradient checkpointing, off
+    on both sides (TRL turns it on by default: ~1.7× slower here, and not what we compare)."""
+    import torch
+    from lorafleet.train import dataset
+    from lorafleet.train.config import load_config
+    from lorafleet.train.model import load_base, load_tokenizer, lora_config, qlora_on_twin
+    from lorafleet.train.precision import use_bf16
+    from lorafleet.train.recipe import apply_max_lengths, build_trainer, setup_compute
+    from lorafleet.train.tracking import Tracker
+    from peft import get_peft_model
+    from rich.console import Console
+
+    overrides = {"max_steps": args.steps, "seed": args.seed, **parse_sets(args.set)}
+    twin = overrides.pop("twin", True)  # twin=false: QLoRA through bitsandbytes, as before the nf4-twin lever
+    config = load_config(args.config, overrides)
+    # No evaluation or checkpoint inside the timed steps (on either side): val loss is scored after.
+    config = config.model_copy(update={"eval_steps": args.steps + 1, "track": False})
+    base = args.base
+    tokenizer = load_tokenizer(base)
+    train_ex, val_ex = dataset.prepare(config.train, config.val, system_prompt=config.system_prompt)
+    train_ex, val_ex, _ = apply_max_lengths(config, tokenizer, train_ex, val_ex)
+    bf16 = use_bf16(config.precision) if side == "lorafleet" else False
+    if side == "lorafleet":
+        setup_compute(config)
+    # QLoRA on CPU: lorafleet trains LoRA on the nf4 twin (lorafleet.train.model.qlora_on_twin), TRL through bnb.
+    on_twin = side == "lorafleet" and twin and qlora_on_twin(config.qlora)
+    weights = prepare_twin(base) if on_twin else base
+    torch.manual_seed(config.seed)  # the same LoRA init on both sides
+    model = get_peft_model(load_base(weights, qlora=config.qlora and not on_twin, bf16=bf16), lora_config(config))
+    with tempfile.TemporaryDirectory(prefix="lorafleet-vs-trl-") as tmp:
+        if side == "lorafleet":
+            trainer, _ = build_trainer(config, model, tokenizer, train_ex, val_ex, Path(tmp), Tracker(None),
+                                       Console(stderr=True), False, bf16=bf16)
+        else:
+            trainer = stock_trl_trainer(config, model, tokenizer, train_ex, val_ex, Path(tmp), args.trl_bf16)
+        clock = step_clock(trainer)
+        trainer.add_callback(clock)
+        trainer.train()
+    return {"side": side, **clock.figures(), "val_loss": scored_val_loss(trainer, val_ex, config.qlora and not on_twin),
+            "train_loss_last": round(trainer.state.log_history[-1].get("train_loss", float("nan")), 4),
+            "config": {k: v for k, v in config.hyperparameters().items() if k in LEVER_FIELDS},
+            "precision": "bf16" if bf16 else ("bf16 autocast" if side == "trl" and args.trl_bf16 else "fp32"),
+            "qlora": ("nf4 twin" if on_twin else "bitsandbytes") if config.qlora else None,
+            "threads": torch.get_num_threads()}
+
+
+# The recipe's speed settings (TrainConfig fields) reported with each lorafleet run.
+LEVER_FIELDS = ("padding_free", "group_by_length", "threads", "dataloader_workers", "precision", "packing")
+
+
+def stock_trl_trainer(config, model, tokenizer, train_ex, val_ex, out: Path, bf16: bool):
+    """Plain TRL as its docs show it, on the very same PEFT model and rows."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(out), seed=config.seed, data_seed=config.seed,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr, max_steps=config.max_steps, warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="linear", max_length=config.max_length, report_to="none", save_strategy="no",
+        eval_strategy="no", disable_tqdm=True, use_cpu=True, gradient_checkpointing=False,
+        bf16=bf16)  # TRL's default is bf16=True (autocast; on CPU too): --trl-bf16 keeps it
+    return SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                      train_dataset=Dataset.from_list([e.row() for e in train_ex]))
+
+
+def prepare_twin(base: Path) -> Path:
+    """The base's nf4 twin beside it (written once, reused after), as `lorafleet base prepare` makes it."""
+    from lorafleet.base_variants import prepare_nf4
+
+    twin = base.parent / f"{base.name}-nf4"
+    prepare_nf4(base, twin)
+    return twin
+
+
+def step_clock(trainer):
+    """A callback that times every optimiser step and counts the real (non-pad) tokens each one trained on,
+    the same way for both trainers (attention-mask ones, or a padding-free row's length)."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+            self.tokens: list[int] = []
+            self.pending = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+            self.tokens.append(self.pending)
+            self.pending = 0
+
+        def figures(self) -> dict:
+            # The first step pays for allocation and first-call dispatch on both sides: left out of tok/s.
+            steady = [b - a for a, b in zip(self.marks[1:], self.marks[2:], strict=False)]
+            timed = sum(self.tokens[1:])
+            return {"steps": len(self.tokens), "tokens": sum(self.tokens), "tokens_timed": timed,
+                    "first_step_s": round(self.marks[1] - self.marks[0], 2),
+                    "s_per_step": round(sum(steady) / max(len(steady), 1), 3),
+                    "tokens_per_s": round(timed / max(sum(steady), 1e-9), 1)}
+
+    clock = StepClock()
+    step = trainer.training_step
+
+    def counted(model, inputs, *rest, **kw):
+        clock.pending += real_tokens(inputs)
+        return step(model, inputs, *rest, **kw)
+
+    trainer.training_step = counted
+    return clock
+
+
+def real_tokens(inputs: dict) -> int:
+    if "attention_mask" in inputs:
+        return int(inputs["attention_mask"].sum())
+    return int(inputs["position_ids"].size(-1)) * int(inputs["position_ids"].size(0))
+
+
+def scored_val_loss(trainer, val_ex, qlora: bool) -> float | None:
+    """Token-weighted NLL of the answer tokens of val, scored the same way for both sides: TRL's own
+    tokenisation (unpacked), padded batches of 8, the model's own forward and loss, in fp32."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    if not val_ex:
+        return None
+    model = trainer.model
+    model.eval()
+    if not qlora:
+        model.float()  # a bf16-trained adapter is scored as vLLM serves it here: fp32
+    rows = SFTTrainer._prepare_dataset(trainer, Dataset.from_list([e.row() for e in val_ex]), trainer.processing_class,
+                                       trainer.args, False, None, "val-score")
+    collate = DataCollatorForLanguageModeling(pad_token_id=trainer.processing_class.pad_token_id)
+    keep = [c for c in ("input_ids", "labels") if c in rows.column_names]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), 8):
+            batch = collate([{k: rows[j][k] for k in keep} for j in range(i, min(i + 8, len(rows)))])
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"]).loss
+            total += float(loss) * n
+            count += n
+    return round(total / count, 4) if count else None
+
+
+def variant_argv(variant: str, args: argparse.Namespace) -> list[str]:
+    """A --variant as worker flags: `trl`, `trl-bf16` (TRL's default bf16 autocast), `lorafleet`, or
+    `lorafleet:field=value,field=value` (train-config overrides on top of --set)."""
+    side, _, sets = variant.partition(":")
+    if side not in ("trl", "trl-bf16", "lorafleet"):
+        raise SystemExit(f"--variant {variant!r}: use trl, trl-bf16, lorafleet or lorafleet:field=value,...")
+    if side.startswith("trl"):
+        return ["--vs-worker", "trl"] + (["--trl-bf16"] if side == "trl-bf16" or args.trl_bf16 else [])
+    extra = [s for s in sets.split(",") if s]
+    return ["--vs-worker", "lorafleet"] + [a for s in [*(args.set or []), *extra] for a in ("--set", s)]
+
+
+def vs_trl(args: argparse.Namespace) -> None:
+    """Every variant in its own subprocess, the order reversed on every other repeat; a table, and each
+    run's tok/s and val loss against the first TRL variant's (the mean over repeats)."""
+    variants = args.variant or ["trl", "lorafleet"]
+    common = ["--config", str(args.config), "--steps", str(args.steps), "--seed", str(args.seed),
+              "--base", str(args.base)]
+    load_before = os.getloadavg()
+    runs: list[dict] = []
+    for r in range(args.repeat):
+        for variant in variants if r % 2 == 0 else variants[::-1]:
+            result = run_json([sys.executable, __file__, *variant_argv(variant, args), *common])
+            runs.append(result | {"variant": variant})
+            print(f"{variant}: {json.dumps(result)[:600]}", file=sys.stderr, flush=True)
+    load_after = os.getloadavg()
+    print(f"config {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}, "
+          f"{args.steps} steps, seed {args.seed}, set {args.set or '-'}; load average before "
+          f"{load_before[0]:.2f}, after {load_after[0]:.2f}")
+    ok = [r for r in runs if "error" not in r]
+    trl_name = next((v for v in variants if v.startswith("trl")), None)
+    ref = [r for r in ok if r["variant"] == trl_name]
+    ref_tps = sum(r["tokens_per_s"] for r in ref) / len(ref) if ref else None
+    ref_val = sum(r["val_loss"] for r in ref) / len(ref) if ref else None
+    print(f"{'variant':44} {'precision':14} {'s/step':>7} {'tok/s':>7} {'× TRL':>6} {'val loss':>9} {'Δ val':>8}")
+    for r in runs:
+        if "error" in r:
+            print(f"{r['variant']:44} failed: {r['error'].splitlines()[-1][:160]}")
+            continue
+        speed = f"{r['tokens_per_s'] / ref_tps:.2f}" if ref_tps else "-"
+        delta = f"{r['val_loss'] - ref_val:+.4f}" if ref_val is not None else "-"
+        print(f"{r['variant']:44} {r['precision']:14} {r['s_per_step']:>7.2f} {r['tokens_per_s']:>7.1f} "
+              f"{speed:>6} {r['val_loss']:>9.4f} {delta:>8}")
+    for variant in variants:
+        mine = [r for r in ok if r["variant"] == variant]
+        if mine and ref_tps and len(runs) > len(variants):
+            tps = sum(r["tokens_per_s"] for r in mine) / len(mine)
+            print(f"mean over {len(mine)}: {variant}: {tps:.1f} tok/s, {tps / ref_tps:.2f}x {trl_name}")
+    if args.json:
+        write_json(args.json, {"runs": runs, "load_before": load_before, "load_after": load_after,
+                               "args": {k: str(v) for k, v in vars(args).items()}})
+
+
+def embedded_base() -> Path:
+    sys.path.insert(0, str(REPO))
+    from tests.fixtures.models import embedded_base_dir
+
+    return embedded_base_dir()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -347,7 +588,26 @@ def main() -> None:
     parser.add_argument("--build", help=argparse.SUPPRESS)
     parser.add_argument("--modes", help=f"comma-separated subset of {', '.join(SHAPE_MODES)} (--shape only)")
     parser.add_argument("--shape-worker", choices=SHAPE_MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--vs-trl", action="store_true",
+                        help="lorafleet train's trainer vs plain TRL SFTTrainer: tok/s and val loss side by side")
+    parser.add_argument("--config", type=Path, default=VS_CONFIG, help="train YAML (--vs-trl)")
+    parser.add_argument("--seed", type=int, default=0, help="--vs-trl")
+    parser.add_argument("--repeat", type=int, default=1, help="pairs to run, alternating which side goes first")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                        help="override a train-config field on the lorafleet side, e.g. padding_free=false")
+    parser.add_argument("--trl-bf16", action="store_true", help="TRL with its default bf16=True (autocast)")
+    parser.add_argument("--variant", action="append",
+                        help="--vs-trl runs, in order: trl, trl-bf16, lorafleet, lorafleet:field=value,... "
+                             "(default: trl, lorafleet)")
+    parser.add_argument("--vs-worker", choices=VS_SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.vs_worker or args.vs_trl:
+        args.base = args.base if (args.base / "config.json").is_file() else embedded_base()
+        if args.vs_worker:
+            print(json.dumps(vs_worker(args.vs_worker, args)))
+        else:
+            vs_trl(args)
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.base, args.steps, args.batch)))
         return
@@ -365,10 +625,7 @@ def main() -> None:
     if args.device != "cpu":
         parser.error("--device cuda needs --shape (the embedded-base run is the CPU baseline)")
     if not (args.base / "config.json").is_file():
-        sys.path.insert(0, str(REPO))
-        from tests.fixtures.models import embedded_base_dir
-
-        args.base = embedded_base_dir()
+        args.base = embedded_base()
     results = {}
     for mode in MODES:
         proc = subprocess.run([sys.executable, __file__, "--worker", mode, "--steps", str(args.steps),
