@@ -5,7 +5,6 @@ while the app is unreachable, sends later, ids make re-sends no-ops)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import httpx
 from lorafleet.serve.metrics import Metrics
 
+from lorafleet.periodic import Periodic
 from lorafleet.samples import AsyncSampleSink, PushResult, QueueCheck, RefusalReason, ReviewClient, ReviewItem
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ class Capture:
         self.rates = rates
         self.sink = sink
         self._rng = random.Random(seed)
-        self._flush_task: asyncio.Task[None] | None = None
+        self._flush_rounds: Periodic | None = None
+        self._checked = False  # the review queue is checked once, in the first flush round
         self.queue_check: QueueCheck | None = None  # the start-up check's answer, once it came
 
     @classmethod
@@ -92,32 +93,28 @@ class Capture:
     def start(self) -> None:
         if self.sink is not None:
             self.sink.start()
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+            self._flush_rounds = Periodic(self._flush_round, FLUSH_INTERVAL, logger=log,
+                                          what=f"capture: flushing the spool {self.sink.client.spool}")
+            self._flush_rounds.start()
 
-    async def _flush_loop(self) -> None:
+    async def _flush_round(self) -> None:
         # samples spooled while the review app was down go out even when no new traffic arrives;
         # the first round runs at once: it checks the queue and sends what a previous process left
         assert self.sink is not None
         client = self.sink.client
-        try:
-            self.queue_check = await asyncio.to_thread(client.check_queue, self.sink.queue_name)
-            _log_check(self.queue_check, client.base_url, client.spool)
-        except Exception:  # noqa: BLE001 - the check is advice; capture goes on spooling
-            log.exception("capture: checking review queue %r failed", self.sink.queue_name)
-        while True:
+        if not self._checked:
+            self._checked = True
             try:
-                if await asyncio.to_thread(client.pending):
-                    await asyncio.to_thread(client.flush)
-            except Exception:  # noqa: BLE001 - keep flushing later, but never silently
-                log.exception("capture: flushing the spool %s failed; retrying in %.0f s", client.spool,
-                              FLUSH_INTERVAL)
-            await asyncio.sleep(FLUSH_INTERVAL)
+                self.queue_check = await asyncio.to_thread(client.check_queue, self.sink.queue_name)
+                _log_check(self.queue_check, client.base_url, client.spool)
+            except Exception:  # noqa: BLE001 - the check is advice; capture goes on spooling
+                log.exception("capture: checking review queue %r failed", self.sink.queue_name)
+        if await asyncio.to_thread(client.pending):  # a failure is logged by the rounds, which go on
+            await asyncio.to_thread(client.flush)
 
     async def stop(self) -> None:
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush_task
+        if self._flush_rounds is not None:
+            await self._flush_rounds.stop()
         if self.sink is not None:
             await self.sink.stop()
             self.sink.client.close()
