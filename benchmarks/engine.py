@@ -14,7 +14,7 @@ One run, side by side on the same prompts (greedy, `ignore_eos`, fixed `max_toke
    batches via `adapter_names=`).
 
     .venv/bin/python -m benchmarks.engine --out /tmp/engine.json   # ~10 min on 2 quiet cores
-    .venv/bin/python -m benchmarks.engine --ops-only               # seconds: LoRA op cost per forward pass
+    .venv/bin/python -m benchmarks.engine --ops-only               # ~1 min: LoRA op cost per forward pass, cold work
     .venv/bin/python -m benchmarks.engine --bind-modes auto,all,nobind  # OpenMP binding of the CPU worker
 
 Both vLLM starts use the launcher's default OpenMP binding (`VllmLaunch.omp_bind`) unless
@@ -70,6 +70,7 @@ class Args:
     many_requests: int
     many_concurrency: int
     cold_adapters: int
+    stock: bool = True
 
 
 def requests_for(concurrency: int) -> int:
@@ -266,6 +267,67 @@ async def many_adapters(url: str, key: str, names: list[str], requests: int, con
     return result
 
 
+def gateway_load_ms(log: Path) -> float:
+    """Median of the gateway's `loaded NAME on UPSTREAM in S.SSs` lines: vLLM's /v1/load_lora_adapter."""
+    import re
+
+    seconds = [float(m) for m in re.findall(r"loaded \S+ on \S+ in ([0-9.]+)s", log.read_text())]
+    return statistics.median(seconds) * 1000 if seconds else float("nan")
+
+
+def cold_breakdown(folder: Path, dtype_name: str, rounds: int = 5) -> dict[str, float]:
+    """ms of a cold adapter's work, in process, best of `rounds`: what vLLM's worker does to load it
+    (read the safetensors file; build its LoRA tensors: `LoRAModel.from_local_checkpoint`), the slot
+    copy its first batch makes (`set_lora`/`reset_lora` into every LoRA layer's stacked tensors,
+    emulated with the same copies on SmolLM2-135M's shapes), and the plugin's float32 restack of that slot."""
+    import safetensors.torch
+    import torch
+    from lorafleet.serve.lora_plugin.stacked import WeightCache
+    from vllm.lora.lora_model import LoRAModel
+    from vllm.lora.peft_helper import PEFTHelper
+
+    torch.set_num_threads(1)  # the worker does this on its main thread
+    dtype = getattr(torch, dtype_name)
+    best: dict[str, float] = {"read_file": float("inf"), "build_tensors": float("inf"), "slot_copy": float("inf"),
+                              "plugin_restack": float("inf")}
+    stacked = [(tuple(torch.zeros(4, 1, 16, inner, dtype=dtype) for _ in outs),
+                tuple(torch.zeros(4, 1, out, 16, dtype=dtype) for out in outs), outs)
+               for inner, outs in SMOLLM2_LORA_LAYERS]
+    cache = WeightCache()
+    for a, b, outs in stacked:
+        cache.get(a, b, outs, (1, 2, 3, 4))
+    for r in range(rounds):
+        start = time.perf_counter()
+        safetensors.torch.load_file(folder / "adapter_model.safetensors")
+        read = time.perf_counter() - start
+        start = time.perf_counter()
+        lora = LoRAModel.from_local_checkpoint(str(folder), set(ALL_PROJECTIONS),
+                                               peft_helper=PEFTHelper.from_local_dir(str(folder), 8192),
+                                               lora_model_id=1, device="cpu", dtype=dtype)
+        total = time.perf_counter() - start
+        start = time.perf_counter()
+        for i, (a, b, _) in enumerate(stacked):  # LoRA layers in order: qkv, o, gate_up, down per decoder layer
+            for a_j, b_j, module in zip(a, b, LAYER_MODULES[i % 4], strict=True):
+                w = lora.loras.get(f"model.layers.{i // 4}.{module}")
+                if w is None:  # vLLM's reset_lora: the slot is zeroed where the adapter has no weights
+                    a_j[2] = 0
+                    b_j[2] = 0
+                else:
+                    a_j[2, 0, :w.lora_a.shape[0], :w.lora_a.shape[1]].copy_(w.lora_a)
+                    b_j[2, 0, :w.lora_b.shape[0], :w.lora_b.shape[1]].copy_(w.lora_b)
+        copy = time.perf_counter() - start
+        start = time.perf_counter()
+        for a, b, outs in stacked:
+            cache.get(a, b, outs, (1, 2, 100 + r, 4))
+        restack = time.perf_counter() - start
+        for key, value in (("read_file", read), ("build_tensors", total - read), ("slot_copy", copy),
+                           ("plugin_restack", restack)):
+            best[key] = min(best[key], value * 1000)
+    print(f"  cold adapter work in process ({dtype_name}, ms): {json.dumps({k: round(v, 1) for k, v in best.items()})}",
+          flush=True)
+    return best
+
+
 def gateway_phase(proc: VllmProcess, base: Path, args: Args) -> dict[str, dict[str, float]]:
     data_dir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     try:
@@ -273,8 +335,11 @@ def gateway_phase(proc: VllmProcess, base: Path, args: Args) -> dict[str, dict[s
         gw, url, key = start_gateway(proc.url, proc.api_key, BASE, data_dir,
                                      extra=["--hot-set", str(args.hot_set)])
         try:
-            cold = asyncio.run(cold_warm(url, key, names[-args.cold_adapters:]))
-            many = asyncio.run(many_adapters(url, key, names, args.many_requests, args.many_concurrency, 16))
+            r16 = [name for i, name in enumerate(names) if i % 2]  # odd folders are r16 (many_adapter_dirs)
+            cold = asyncio.run(cold_warm(url, key, r16[-args.cold_adapters:]))
+            cold["load_ms"] = gateway_load_ms(data_dir / "gateway.log")
+            many = (asyncio.run(many_adapters(url, key, names, args.many_requests, args.many_concurrency, 16))
+                    if args.many_requests else {})
         finally:
             gw.terminate()
             gw.wait(20)
@@ -320,12 +385,15 @@ def run_hf(base: Path, adapters: list[Path], args: Args) -> Table:
 
 # ---- op level: LoRA cost of one forward pass, in process ------------------------------------
 
+LAYER_MODULES = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+                 ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
 SMOLLM2_LORA_LAYERS = 30 * [(576, (576, 192, 192)), (576, (576,)), (576, (1536, 1536)), (1536, (576,))]
 
 
 def op_microbench(rounds: int = 3, dtypes: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
     """ms of LoRA work per forward pass, per batch and dtype: stock, the plugin's earlier grouped ops,
-    its pure-torch path on restacked float32 weights, and its compiled kernel (when built)."""
+    its pure-torch path on restacked float32 weights, and its compiled kernel (when built) on one
+    thread and on all the engine's CPUs."""
     import torch
     from lorafleet.serve.lora_plugin.ops import grouped_lora_linear
     from lorafleet.serve.lora_plugin.wrapper import GroupedPunicaWrapperCPU
@@ -338,7 +406,7 @@ def op_microbench(rounds: int = 3, dtypes: tuple[str, ...] | None = None) -> dic
         def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, **kwargs):
             grouped_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, self.token_groups)
 
-    torch.set_num_threads(1)  # per-thread cost; comparable with earlier runs
+    # per-thread cost (comparable with earlier runs), except "kernel xN"
     default = resolve_dtype("auto") or "bfloat16"  # what the launcher runs vLLM in here
     dtypes = dtypes or tuple(dict.fromkeys((default, "float32", "bfloat16")))
     batches = {  # token -> LoRA id (0 = base), as vLLM maps a batch
@@ -347,6 +415,7 @@ def op_microbench(rounds: int = 3, dtypes: tuple[str, ...] | None = None) -> dic
         "decode 32, 4 mixed": [1 + i % 4 for i in range(32)],
         "decode 32, 4 mixed + 8 base": [0 if i % 4 == 3 else 1 + i % 4 for i in range(40)],
         "prefill 4x32, 4 mixed": [1 + (i // 32) % 4 for i in range(128)],
+        "prefill 512, one adapter": [1] * 512,
     }
     out: dict[str, dict[str, float]] = {}
     for dtype_name in dtypes:
@@ -359,13 +428,19 @@ def op_microbench(rounds: int = 3, dtypes: tuple[str, ...] | None = None) -> dic
                     "torch": GroupedPunicaWrapperCPU(4096, 256, "cpu"),
                     "kernel": GroupedPunicaWrapperCPU(4096, 256, "cpu")}
         variants["torch"].kernel = None
+        threads = len(usable_cpus())
         if variants["kernel"].kernel is None:
             del variants["kernel"]
+        elif threads > 1:  # the kernel's tiles on the engine's OpenMP threads, as in vLLM
+            variants[f"kernel x{threads}"] = GroupedPunicaWrapperCPU(4096, 256, "cpu")
         for label, ids in batches.items():
             xs = {576: torch.randn(len(ids), 576).to(dtype), 1536: torch.randn(len(ids), 1536).to(dtype)}
             best = dict.fromkeys(variants, float("inf"))
             for _ in range(rounds + 1):  # the first round fills the plugin's weight cache
                 for name, wrapper in variants.items():
+                    if name == "stock" and len(ids) > 128:
+                        continue  # seconds per round; its cost is known from the smaller batches
+                    torch.set_num_threads(threads if name.startswith("kernel x") else 1)
                     start = time.perf_counter()
                     wrapper.update_metadata(LoRAMapping(ids, ids, is_prefill=True), [1, 2, 3, 4], 4, 49152)
                     for inner, outs, a, b in layers:
@@ -384,17 +459,20 @@ def op_table(ops: dict[str, dict[str, float]]) -> str:
     lines = ["| batch (tokens, dtype) | " + " | ".join(f"{n}, ms" for n in names) + " | stock / best |",
              "|---|" + "---:|" * (len(names) + 1)]
     for label, ms in ops.items():
-        lines.append(f"| {label} | " + " | ".join(f"{ms[n]:.1f}" for n in names)
-                     + f" | {ms['stock'] / min(ms[n] for n in names if n != 'stock'):.1f}x |")
+        ratio = ms["stock"] / min(ms[n] for n in names if n != "stock")
+        lines.append(f"| {label} | " + " | ".join(f"{ms[n]:.1f}" if ms[n] < float("inf") else "–" for n in names)
+                     + (f" | {ratio:.1f}x |" if ratio < float("inf") else " | – |"))
     return "\n".join(lines)
 
 
 def engine_table(results: dict[str, Table], isolated: dict[str, bool]) -> str:
-    stock, plugin, hf = results["vLLM stock ops"], results["vLLM + lorafleet plugin"], results["HF PEFT"]
+    plugin, hf = results["vLLM + lorafleet plugin"], results["HF PEFT"]
+    nan = {label: dict.fromkeys(plugin[label], float("nan")) for label in plugin}
+    stock = results.get("vLLM stock ops", nan)
     lines = ["| scenario | conc | vLLM stock | vLLM + plugin | plugin / stock | plugin / its base | HF PEFT "
              "| plugin / HF |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label in SCENARIOS:
-        for conc in stock[label]:
+        for conc in plugin[label]:
             p = plugin[label][conc]
             lines.append(f"| {label} | {conc} | {stock[label][conc]:.1f} | {p:.1f} | {p / stock[label][conc]:.2f}x "
                          f"| {p / plugin['base'][conc]:.2f}x | {hf[label][conc]:.1f} | {p / hf[label][conc]:.2f}x |")
@@ -441,7 +519,8 @@ def full_run(base: Path, adapters: list[Path], args: Args, log_dir: Path) -> dic
     results: dict[str, Table] = {}
     isolated: dict[str, bool] = {}
     gateway: dict = {}
-    for plugin, label in ((True, "vLLM + lorafleet plugin"), (False, "vLLM stock ops")):
+    runs = ((True, "vLLM + lorafleet plugin"), (False, "vLLM stock ops"))[:2 if args.stock else 1]
+    for plugin, label in runs:
         print(f"{label} ...", flush=True)
         proc = start_vllm(base, adapters, plugin=plugin, omp_bind=args.omp_bind, dtype=args.dtype,
                           log=log_dir / f"vllm-plugin{int(plugin)}.log", max_cpu_loras=args.hot_set if plugin else None)
@@ -463,8 +542,11 @@ def full_run(base: Path, adapters: list[Path], args: Args, log_dir: Path) -> dic
     if not gateway:
         return {"results": results, "isolation": isolated, "gateway": gateway}
     cw, many = gateway["cold_warm"], gateway["many"]
-    print(f"\ncold vs warm first token through the gateway ({args.cold_adapters} adapters, median): "
-          f"cold {cw['cold_ms']:.0f} ms, warm {cw['warm_ms']:.0f} ms, +{cw['cold_minus_warm_ms']:.0f} ms")
+    print(f"\ncold vs warm first token through the gateway ({args.cold_adapters} r16 adapters, median): "
+          f"cold {cw['cold_ms']:.0f} ms, warm {cw['warm_ms']:.0f} ms, +{cw['cold_minus_warm_ms']:.0f} ms; "
+          f"vLLM's /v1/load_lora_adapter {cw['load_ms']:.0f} ms")
+    if not many:
+        return {"results": results, "isolation": isolated, "gateway": gateway}
     print(f"{MANY} adapters, hot set {args.hot_set}, {many['requests']:.0f} uniform random requests at concurrency "
           f"{args.many_concurrency}: errors {many['errors']:.0f}, p50 {many['p50_ms']:.0f} ms, p99 "
           f"{many['p99_ms']:.0f} ms (p99/p50 {many['p99_over_p50']:.2f}), {many['req_per_s']:.2f} req/s")
@@ -484,11 +566,15 @@ def main() -> None:
     parser.add_argument("--many-concurrency", type=int, default=8)
     parser.add_argument("--cold-adapters", type=int, default=6, help="adapters in the cold/warm TTFT median")
     parser.add_argument("--out", type=Path, default=None, help="also write the raw numbers as JSON here")
-    parser.add_argument("--ops-only", action="store_true", help="only the in-process op-level timing")
+    parser.add_argument("--ops-only", action="store_true",
+                        help="only the in-process parts: op-level timing and the cold adapter's work")
+    parser.add_argument("--no-stock", dest="stock", action="store_false",
+                        help="skip the engine with vLLM's stock LoRA ops (the plugin, its gateway phase and HF only)")
     ns = parser.parse_args()
     concurrency = [min(int(c), len(PROMPTS)) for c in ns.concurrency.split(",")]
     args = Args(concurrency=concurrency, tokens=ns.tokens, omp_bind=ns.omp_bind, dtype=ns.dtype, hot_set=ns.hot_set,
-                many_requests=ns.many_requests, many_concurrency=ns.many_concurrency, cold_adapters=ns.cold_adapters)
+                many_requests=ns.many_requests, many_concurrency=ns.many_concurrency, cold_adapters=ns.cold_adapters,
+                stock=ns.stock)
     base = embedded_base_dir()
     adapters = adapter_dirs(base)
     log_dir = CACHE / "bench-logs"
@@ -498,11 +584,14 @@ def main() -> None:
     print("LoRA ops, one forward pass ...", flush=True)
     ops = op_microbench()
     print("\n" + op_table(ops) + "\n")
+    engine_dtype = ns.dtype or resolve_dtype("auto") or "bfloat16"
+    cold = {dtype: cold_breakdown(many_adapter_dirs(base)[-1], dtype)
+            for dtype in dict.fromkeys((engine_dtype, "float32", "bfloat16"))}
     if ns.ops_only:
         return
     report = full_run(base, adapters, args, log_dir)
     if ns.out:
-        ns.out.write_text(json.dumps({"ops_ms": ops, **report}, indent=2))
+        ns.out.write_text(json.dumps({"ops_ms": ops, "cold_in_process_ms": cold, **report}, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,16 @@
 // Rows are sorted by slot and processed in tiles of up to TILE rows of one slot, so each
 // adapter row of A and B is read once per tile rather than once per token.
 //
-// Built by serve/lora_plugin/native.py with: cc -O3 -march=native -fopenmp-simd -shared -fPIC
-// (no OpenMP runtime: single-threaded, so it cannot clash with the runtime torch loads).
+// Built by serve/lora_plugin/native.py with: cc -O3 -march=native -fopenmp -shared -fPIC. Tiles run on
+// OpenMP threads; the library links libgomp.so.1, the soname torch's own copy carries, so inside vLLM the
+// loader reuses torch's runtime and its thread pool (vLLM binds those threads to the engine's cores).
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define TILE 4    // rows of one slot per tile: each weight row is read once per tile
 #define CHUNK 64  // output columns per expand step: the tile's accumulators stay in L1
@@ -124,39 +128,61 @@ int lorafleet_lora_linear(const void *x, int x_dtype, int64_t x_stride, void *y,
     for (int64_t s = 0; s < num_slots; s++) count[s + 1] += count[s];
     const int64_t used = count[num_slots];
     if (used == 0) return 0;
-    int64_t *order = malloc((size_t)used * sizeof(int64_t));
-    float *xs = malloc((size_t)(TILE * in + TILE * k_all + TILE * CHUNK) * sizeof(float));
-    if (!order || !xs) {
+    int64_t n_tiles = 0;
+    for (int64_t s = 0; s < num_slots; s++) n_tiles += (count[s + 1] - count[s] + TILE - 1) / TILE;
+#ifdef _OPENMP
+    const int threads = n_tiles > 1 ? omp_get_max_threads() : 1;
+#else
+    const int threads = 1;
+#endif
+    const int64_t scratch = TILE * in + TILE * k_all + TILE * CHUNK;
+    int64_t *order = malloc((size_t)(used + 3 * n_tiles) * sizeof(int64_t));
+    float *xs_all = malloc((size_t)(threads * scratch) * sizeof(float));
+    if (!order || !xs_all) {
         free(order);
-        free(xs);
+        free(xs_all);
         return -2;
     }
-    float *h = xs + TILE * in, *acc = h + TILE * k_all;
+    int64_t *tile_slot = order + used, *tile_first = tile_slot + n_tiles, *tile_nt = tile_first + n_tiles;
     int64_t fill[num_slots];
     memcpy(fill, count, sizeof(fill));
     for (int64_t i = 0; i < rows; i++)
         if (slots[i] >= 0) order[fill[slots[i]]++] = i;
+    int64_t n = 0;
+    for (int64_t s = 0; s < num_slots; s++)
+        for (int64_t first = count[s]; first < count[s + 1]; first += TILE, n++) {
+            tile_slot[n] = s;
+            tile_first[n] = first;
+            tile_nt[n] = count[s + 1] - first < TILE ? count[s + 1] - first : TILE;
+        }
 
-    for (int64_t s = 0; s < num_slots; s++) {
+    // Tiles write disjoint rows of y, so they run in parallel on the OpenMP threads torch already has
+    // (libgomp.so.1 is the runtime torch loads: one pool, no second runtime).
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+#ifdef _OPENMP
+        float *xs = xs_all + omp_get_thread_num() * scratch;
+#else
+        float *xs = xs_all;
+#endif
+        float *h = xs + TILE * in, *acc = h + TILE * k_all;
+        const int64_t s = tile_slot[tile], first = tile_first[tile], nt = tile_nt[tile];
         const float *a_s = a + s * k_all * in, *bt_s = bt + s * rank * width;
-        for (int64_t first = count[s]; first < count[s + 1]; first += TILE) {
-            const int64_t nt = count[s + 1] - first < TILE ? count[s + 1] - first : TILE;
-            for (int64_t t = 0; t < nt; t++) load_row(x, x_dtype, x_stride, order[first + t], in, xs + t * in);
-            shrink(a_s, xs, h, nt, in, k_all, scale);
-            int64_t col = 0;
-            for (int64_t j = 0; j < nsl; j++) {
-                const float *block = bt_s + rank * col;
-                for (int64_t c0 = 0; c0 < outs[j]; c0 += CHUNK) {
-                    const int64_t cw = outs[j] - c0 < CHUNK ? outs[j] - c0 : CHUNK;
-                    expand_chunk(block + c0, outs[j], h + j * rank, k_all, rank, nt, cw, acc);
-                    for (int64_t t = 0; t < nt; t++)
-                        add_row(y, y_dtype, y_stride, order[first + t], col0 + col + c0, cw, acc + t * CHUNK);
-                }
-                col += outs[j];
+        for (int64_t t = 0; t < nt; t++) load_row(x, x_dtype, x_stride, order[first + t], in, xs + t * in);
+        shrink(a_s, xs, h, nt, in, k_all, scale);
+        int64_t col = 0;
+        for (int64_t j = 0; j < nsl; j++) {
+            const float *block = bt_s + rank * col;
+            for (int64_t c0 = 0; c0 < outs[j]; c0 += CHUNK) {
+                const int64_t cw = outs[j] - c0 < CHUNK ? outs[j] - c0 : CHUNK;
+                expand_chunk(block + c0, outs[j], h + j * rank, k_all, rank, nt, cw, acc);
+                for (int64_t t = 0; t < nt; t++)
+                    add_row(y, y_dtype, y_stride, order[first + t], col0 + col + c0, cw, acc + t * CHUNK);
             }
+            col += outs[j];
         }
     }
     free(order);
-    free(xs);
+    free(xs_all);
     return 0;
 }

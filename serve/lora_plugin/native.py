@@ -25,7 +25,7 @@ from pathlib import Path
 log = logging.getLogger("vllm.plugins.lorafleet_lora")
 
 SOURCE = Path(__file__).with_name("lora_kernel.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=gnu11", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC")
 SYMBOL = "lorafleet_lora_linear"
 CACHE = Path.home() / ".cache" / "lorafleet" / "kernels"
 COMPILERS = ("cc", "gcc", "g++")  # Debian's g++ package brings gcc and cc with it
