@@ -568,6 +568,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the raw numbers as JSON here")
     parser.add_argument("--ops-only", action="store_true",
                         help="only the in-process parts: op-level timing and the cold adapter's work")
+    parser.add_argument("--no-ops", dest="ops", action="store_false", help="skip the in-process parts")
     parser.add_argument("--no-stock", dest="stock", action="store_false",
                         help="skip the engine with vLLM's stock LoRA ops (the plugin, its gateway phase and HF only)")
     ns = parser.parse_args()
@@ -581,12 +582,15 @@ def main() -> None:
     if ns.bind_modes:
         bind_comparison(base, adapters, ns.bind_modes.split(","), args, log_dir)
         return
-    print("LoRA ops, one forward pass ...", flush=True)
-    ops = op_microbench()
-    print("\n" + op_table(ops) + "\n")
-    engine_dtype = ns.dtype or resolve_dtype("auto") or "bfloat16"
-    cold = {dtype: cold_breakdown(many_adapter_dirs(base)[-1], dtype)
-            for dtype in dict.fromkeys((engine_dtype, "float32", "bfloat16"))}
+    ops: dict = {}
+    cold: dict = {}
+    if ns.ops:
+        print("LoRA ops, one forward pass ...", flush=True)
+        ops = op_microbench()
+        print("\n" + op_table(ops) + "\n")
+        engine_dtype = ns.dtype or resolve_dtype("auto") or "bfloat16"
+        cold = {dtype: cold_breakdown(many_adapter_dirs(base)[-1], dtype)
+                for dtype in dict.fromkeys((engine_dtype, "float32", "bfloat16"))}
     if ns.ops_only:
         return
     report = full_run(base, adapters, args, log_dir)

@@ -27,7 +27,17 @@ log = logging.getLogger("vllm.plugins.lorafleet_lora")
 SOURCE = Path(__file__).with_name("lora_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC")
 SYMBOL = "lorafleet_lora_linear"
-CACHE = Path.home() / ".cache" / "lorafleet" / "kernels"
+
+
+def default_cache() -> Path:
+    """~/.cache/lorafleet/kernels, or under the temp dir where there is no home (a bare service user)."""
+    try:
+        return Path.home() / ".cache" / "lorafleet" / "kernels"
+    except RuntimeError:
+        return Path(tempfile.gettempdir()) / "lorafleet-kernels"
+
+
+CACHE = default_cache()
 COMPILERS = ("cc", "gcc", "g++")  # Debian's g++ package brings gcc and cc with it
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 ARGTYPES = [_ptr, ctypes.c_int, _i64, _ptr, ctypes.c_int, _i64, _i64, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64,
