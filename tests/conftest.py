@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,21 @@ import pytest
 from lorafleet.config import Settings
 from lorafleet.registry import Registry
 from tests.fixtures import models
+
+
+def _absl_never_closes_a_capture() -> None:
+    """absl (rouge_score imports it) binds its handler to the sys.stderr of that moment, and its close(), which
+    logging.shutdown runs on every handler whenever dictConfig is called (each in-process uvicorn start), closes
+    that stream once it is no longer sys.stderr: pytest's capture file, and the session died ('I/O operation on
+    closed file', 'lost sys.stderr') depending on which test first imported lorafleet.evaluate."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__  # never closed: user-managed
+
+
+_absl_never_closes_a_capture()
 
 
 @pytest.fixture
