@@ -63,9 +63,11 @@ def test_a_canary_answering_off_label_is_rolled_back(vllm_server: VllmServer, de
     monkeypatch.setenv("LORAFLEET_DRIFT", "false")
     with running_gateway(data_dir, [vllm_server.url], vllm_server.api_key) as url:
         # counted once the watcher reads the canary: its first judging round exports the versions' samples
-        watched = f'lorafleet_canary_samples{{adapter="{NAME}",version="v2"'
-        until_sync(lambda: watched in httpx.get(f"{url}/metrics").text, "the watcher picking the canary up",
-                   timeout=120)
+        def watched() -> bool:  # the exposition sorts labels: adapter, signal, version
+            return any(line.startswith("lorafleet_canary_samples{") and f'adapter="{NAME}"' in line
+                       and 'version="v2"' in line for line in httpx.get(f"{url}/metrics").text.splitlines())
+
+        until_sync(watched, "the watcher picking the canary up", timeout=120)
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda i: chat(url, key, f"user-{i}"), range(USERS)))
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
