@@ -23,7 +23,7 @@ from .ops import (
     grouped_shrink,
     kernel_accepts,
 )
-from .stacked import WeightCache
+from .stacked import WeightCache, version
 
 QUALNAME = f"{__name__}.GroupedPunicaWrapperCPU"
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         super().__init__(max_num_batched_tokens, max_batches, device, **kwargs)
         self.token_groups: AdapterGroups = NO_ROWS
         self.sampler_groups: AdapterGroups = NO_ROWS
-        self._lm_head_key: tuple[int, int] | None = None
+        self._lm_head_key: tuple | None = None
         self._lm_head_nonzero = False
         self._warned_prompt_logits = False
         self.kernel = native.default_kernel()
@@ -75,6 +75,8 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
                         lora_b_stacked: torch.Tensor, scale: float, *, buffer: torch.Tensor | None = None,
                         **kwargs: Any) -> None:
         """LoRA on the LM head, grouped by the sampled rows' adapters (base rows untouched)."""
+        if self.sampler_groups.empty or not self._lm_head_lora_loaded(lora_b_stacked):
+            return  # adapters on attention/MLP only (the usual case): the LM-head delta is exactly zero
         y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
         groups = self.sampler_groups
         if x2.shape[0] != groups.num_rows:
@@ -88,8 +90,6 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         """Groups for logits over rows the sampler mapping does not describe: vLLM's prompt logprobs run
         the LM head over one request's prompt tokens. None (add nothing) when that is exact: no LM-head
         LoRA weights are loaded (the usual case: adapters target attention/MLP), or the batch is base-only."""
-        if self.sampler_groups.empty or not self._lm_head_lora_loaded(lora_b_stacked):
-            return None
         slots = {g.slot for g in self.sampler_groups.groups}
         if len(slots) == 1 and self.sampler_groups.base_rows is None:
             # Every request of the batch uses this one adapter, so these rows do too.
@@ -102,7 +102,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
 
     def _lm_head_lora_loaded(self, lora_b_stacked: torch.Tensor) -> bool:
         """Whether any slot holds non-zero LM-head LoRA weights; cached until vLLM writes the tensor."""
-        key = (lora_b_stacked.data_ptr(), lora_b_stacked._version)
+        key = (lora_b_stacked.data_ptr(), version(lora_b_stacked), self.slot_ids)
         if self._lm_head_key != key:
             self._lm_head_key, self._lm_head_nonzero = key, bool(torch.count_nonzero(lora_b_stacked))
         return self._lm_head_nonzero

@@ -197,3 +197,16 @@ def test_prompt_logprobs_rows_of_a_single_adapter_batch_get_its_lm_head_delta():
     y = y0.clone()
     wrapper(GroupedPunicaWrapperCPU).add_lora_logits(y, x, a, b, 1.0)
     assert torch.equal(y, y0)
+
+
+def test_logits_without_lm_head_lora_weights_are_left_alone_bit_for_bit():
+    """The usual case (adapters on attention/MLP): no LM-head work at all on the sampled rows."""
+    gen = torch.Generator().manual_seed(9)
+    a = torch.randn(SLOTS, 1, RANK, IN, generator=gen)
+    b = torch.zeros(SLOTS, 1, 40, RANK)
+    x = torch.randn(len(PROMPTS), IN, generator=gen)
+    y0 = torch.randn(len(PROMPTS), 36, generator=gen)
+    y0[0, 0] = -0.0  # adding a zero delta would turn this into +0.0
+    y = y0.clone()
+    wrapper(GroupedPunicaWrapperCPU).add_lora_logits(y, x, a, b, 1.0)
+    assert torch.equal(y, y0) and torch.signbit(y[0, 0])
