@@ -111,11 +111,12 @@ static void expand_chunk(const float *b, int64_t stride, const float *h, int64_t
 // a:  (slots, nsl * rank, in) float32, slot-major: slot s's A rows for slice j at row j * rank.
 // bt: (slots, rank * width) float32: slot s's B^T for slice j is a (rank, outs[j]) block
 //     starting at rank * (outs[0] + ... + outs[j-1]).
+// max_threads: OpenMP threads for the tiles (1: run on the calling thread only).
 // Returns 0, or -1 for a slot index >= slots (nothing is written then), -2 when out of memory.
 int lorafleet_lora_linear(const void *x, int x_dtype, int64_t x_stride, void *y, int y_dtype, int64_t y_stride,
                           int64_t col0, const int64_t *slots, int64_t rows, const float *a, const float *bt,
                           int64_t num_slots, int64_t in, int64_t rank, int64_t nsl, const int64_t *outs,
-                          float scale) {
+                          float scale, int max_threads) {
     int64_t width = 0;
     for (int64_t j = 0; j < nsl; j++) width += outs[j];
     const int64_t k_all = nsl * rank;
@@ -131,9 +132,10 @@ int lorafleet_lora_linear(const void *x, int x_dtype, int64_t x_stride, void *y,
     int64_t n_tiles = 0;
     for (int64_t s = 0; s < num_slots; s++) n_tiles += (count[s + 1] - count[s] + TILE - 1) / TILE;
 #ifdef _OPENMP
-    const int threads = n_tiles > 1 ? omp_get_max_threads() : 1;
+    const int threads = n_tiles > 1 && max_threads > 1 ? max_threads : 1;
 #else
     const int threads = 1;
+    (void)max_threads;
 #endif
     const int64_t scratch = TILE * in + TILE * k_all + TILE * CHUNK;
     int64_t *order = malloc((size_t)(used + 3 * n_tiles) * sizeof(int64_t));

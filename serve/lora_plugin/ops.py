@@ -143,11 +143,12 @@ def kernel_accepts(y: torch.Tensor, x: torch.Tensor, rows: int) -> bool:
 
 
 def fused_lora_linear(kernel, y: torch.Tensor, x: torch.Tensor, weights: FusedWeights, scale: float,
-                      slots: torch.Tensor, offset_start: int = 0) -> None:
+                      slots: torch.Tensor, offset_start: int = 0, threads: int = 1) -> None:
     """y[:, slices] += (scale * x @ A_s.T) @ B_s.T for every row with slot s >= 0, in one compiled call.
 
     `slots` is vLLM's int64 token -> slot table for the first `len(slots)` rows; rows with -1
-    are not read or written. The caller has checked `kernel_accepts`.
+    are not read or written. `threads` > 1 spreads tiles of rows over torch's OpenMP threads. The
+    caller has checked `kernel_accepts`.
     """
     if x.shape[1] != weights.in_features or offset_start + weights.width > y.shape[1]:
         raise KernelError(f"LoRA shapes disagree: x {tuple(x.shape)}, y {tuple(y.shape)}, A in "
@@ -155,7 +156,7 @@ def fused_lora_linear(kernel, y: torch.Tensor, x: torch.Tensor, weights: FusedWe
     status = kernel(x.data_ptr(), KERNEL_DTYPES[x.dtype], x.stride(0), y.data_ptr(), KERNEL_DTYPES[y.dtype],
                     y.stride(0), offset_start, slots.data_ptr(), slots.shape[0], weights.a.data_ptr(),
                     weights.bt.data_ptr(), weights.slots, weights.in_features, weights.rank, len(weights.outs),
-                    weights.outs_array.data_ptr(), scale)
+                    weights.outs_array.data_ptr(), scale, threads)
     if status != 0:
         raise KernelError(f"lora kernel failed with status {status} (-1: slot index >= {weights.slots}, "
                           "-2: out of memory)")

@@ -26,6 +26,8 @@ from .ops import (
 from .stacked import WeightCache, version
 
 QUALNAME = f"{__name__}.GroupedPunicaWrapperCPU"
+PARALLEL_MIN_ROWS = 256
+"""Batches of at least this many LoRA rows (prefill) run the compiled kernel on all torch threads."""
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +47,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         self.weights = WeightCache()
         self.slot_ids: tuple = ()
         self.token_slots = torch.empty(0, dtype=torch.long)
+        self.kernel_threads = 1
 
     def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None], max_loras: int,
                         vocab_size: int, **kwargs: Any) -> None:
@@ -53,6 +56,9 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         self.slot_ids = tuple(lora_index_to_id)
         self.token_slots = self.token_lora_indices.to(torch.long).contiguous()
         self.token_groups = group_rows(self.token_slots)
+        # Decode batches stay on one thread: forking the OpenMP team for ~0.1 ms of work per op cost more
+        # than it gave (measured: docs/benchmarks.md, Multi-LoRA engine); long prefills use every thread.
+        self.kernel_threads = torch.get_num_threads() if self.token_groups.num_rows >= PARALLEL_MIN_ROWS else 1
         self.sampler_groups = group_rows(self.sampler_indices)
 
     # -- the per-layer entry points ------------------------------------------------------------
@@ -67,7 +73,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
         weights = self.weights.get(lora_a_stacked, lora_b_stacked, tuple(output_slices), self.slot_ids)
         if self.kernel is not None and kernel_accepts(y2, x2, self.token_groups.num_rows):
-            fused_lora_linear(self.kernel, y2, x2, weights, scale, self.token_slots)
+            fused_lora_linear(self.kernel, y2, x2, weights, scale, self.token_slots, threads=self.kernel_threads)
         else:
             cached_lora_linear(y2, x2, weights, scale, self.token_groups)
 

@@ -47,9 +47,9 @@ def reference(y0, x, a, b, outs, slots, scale, offset):
     return y.to(y0.dtype)
 
 
-def run(kernel, y, x, a, b, outs, slots, scale=0.5, offset=0, slot_ids=(1, 2, 3, 4)):
+def run(kernel, y, x, a, b, outs, slots, scale=0.5, offset=0, slot_ids=(1, 2, 3, 4), threads=1):
     weights = WeightCache().get(a, b, outs, slot_ids)
-    fused_lora_linear(kernel, y, x, weights, scale, torch.tensor(slots, dtype=torch.long), offset)
+    fused_lora_linear(kernel, y, x, weights, scale, torch.tensor(slots, dtype=torch.long), offset, threads)
 
 
 SHAPES = {  # rank, in, output slices: tails of every loop (4 rows per tile, 4 A rows, 64 columns)
@@ -65,10 +65,12 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_kernel_matches_reference_and_leaves_base_rows_and_other_columns_alone(kernel, dtype, shape, layout):
+def test_kernel_matches_reference_and_leaves_base_rows_and_other_columns_alone(kernel, dtype, shape, layout,
+                                                                                threads):
     rank, inner, outs = SHAPES[shape]
     slots = LAYOUTS[layout]
     gen = torch.Generator().manual_seed(0)
@@ -76,7 +78,7 @@ def test_kernel_matches_reference_and_leaves_base_rows_and_other_columns_alone(k
     x = torch.randn(len(slots), inner, generator=gen).to(dtype)
     y0 = torch.randn(len(slots), 5 + sum(outs) + 3, generator=gen).to(dtype)
     y = y0.clone()
-    run(kernel, y, x, a, b, outs, slots, offset=5)
+    run(kernel, y, x, a, b, outs, slots, offset=5, threads=threads)
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.1, rtol=2e-2)
     torch.testing.assert_close(y, reference(y0, x, a, b, outs, slots, 0.5, 5), **tol)
     base = torch.tensor(slots) < 0
