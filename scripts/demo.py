@@ -31,8 +31,9 @@ STATE = DEMO / "state.json"
 SECRETS = DEMO / "secrets.json"
 GATEWAY_PORT = 8000
 REVIEW_PORT = 8001
-# One vLLM on the base and one on its nf4 twin (the QLoRA adapters' base), started before training: train's
-# fidelity and forgetting checks and then the gateway use them, so no step waits for a vLLM start of its own.
+# One vLLM on the base and one on its nf4 twin (the QLoRA adapters' base), started in the background as soon as
+# the bases exist (they load while the datasets are made): train's fidelity and forgetting checks and then the
+# gateway use them, so no step waits for a vLLM start of its own.
 ENGINES = {"full": 8100, "nf4": 8101}
 GATEWAY = f"http://127.0.0.1:{GATEWAY_PORT}"
 REVIEW = f"http://127.0.0.1:{REVIEW_PORT}"
@@ -41,7 +42,13 @@ REGISTRY = REPO / ".lorafleet" / "registry"
 WRECKED = "support-intents@v2"  # scripts/wreck_adapter.py's copy of v1: loads and serves, answers off-label
 REVIEWER = ("demo", "demo-review-pass")
 EVAL_CONCURRENCY = 32
+# train's forgetting check per adapter: the first 30 of the suite's general prompts (every kind interleaved).
+# Each demo adapter's drop is far outside the gate either way; 60 doubled its cost for a narrower CI.
+FORGETTING_PROMPTS = 30
+# Asked of the first trained adapter, through the gateway, as soon as it is registered.
+FIRST_PROMPT = "Hi, I was charged twice for my last order. Can you sort this out?"
 console = Console()
+RUN_STARTED = time.monotonic()
 
 
 # ---- plumbing -------------------------------------------------------------------------------
@@ -149,10 +156,11 @@ def stop_services() -> None:
 
 def step_base() -> None:
     lorafleet("base", "prepare")
+    start_engine("full")  # it loads while the twin and the datasets are made
     # The QLoRA adapters' base as they were trained on it: the dequantised-nf4 twin (served by the second vLLM).
     lorafleet("base", "prepare", "--variant", "nf4")
+    start_engine("nf4")
     lorafleet("base", "info")
-    lorafleet("base", "generate", "What is the capital of France?")
 
 
 def step_data() -> None:
@@ -207,7 +215,8 @@ def engine_env(variant: str) -> dict[str, str]:
 
     return {"LORAFLEET_ENGINE_URL": engine_url(variant), "LORAFLEET_ENGINE_API_KEY": secret("engine_key", token),
             # vLLM does not report its dtype; the check's tolerance depends on it (bf16 on CPUs that have it).
-            "LORAFLEET_VLLM_DTYPE": resolve_dtype("auto") or "bfloat16"}
+            "LORAFLEET_VLLM_DTYPE": resolve_dtype("auto") or "bfloat16",
+            "LORAFLEET_FORGETTING_PROMPTS": str(FORGETTING_PROMPTS)}
 
 
 def token() -> str:
@@ -215,24 +224,48 @@ def token() -> str:
 
 
 def step_engines() -> None:
-    """vLLM on the base and on its nf4 twin, as the gateway would start them, detached (make stop ends them)."""
+    """vLLM on the base and on its nf4 twin, unless running (step_base starts each as soon as its folder exists):
+    not waited for here, they load while the datasets are made (step_wait_engines)."""
+    for variant in ENGINES:
+        start_engine(variant)
+
+
+def start_engine(variant: str) -> None:
+    """vLLM on the base or on its nf4 twin, as the gateway would start it, detached (make stop ends it)."""
     from lorafleet.serve.config import ServeSettings
 
     from lorafleet.base_variants import twin_dir
     from lorafleet.config import DEFAULT_BASE_NAME
 
-    settings = ServeSettings()
     base = (REPO / ".lorafleet" / "base" / DEFAULT_BASE_NAME).resolve()
-    folders = {"full": base, "nf4": twin_dir(REPO / ".lorafleet", base)}
-    pids = {}
-    for variant, folder in folders.items():
-        launch = settings.child_launch(folder, DEFAULT_BASE_NAME, f"vllm-{variant}.log", port=ENGINES[variant])
-        launch.api_key = secret("engine_key", token)
-        pids[variant] = start_process(f"engine-{variant}", launch.command(), launch.env())
+    folder = base if variant == "full" else twin_dir(REPO / ".lorafleet", base)
+    launch = ServeSettings().child_launch(folder, DEFAULT_BASE_NAME, f"vllm-{variant}.log", port=ENGINES[variant])
+    launch.api_key = secret("engine_key", token)
+    start_process(f"engine-{variant}", launch.command(), launch.env())
+
+
+def step_wait_engines() -> None:
+    pids = load_json(DEMO / "pids.json")
     headers = {"Authorization": f"Bearer {secret('engine_key', token)}"}
-    for variant, pid in pids.items():
-        wait_http(f"{engine_url(variant)}/v1/models", f"vLLM on the {variant} base", 600, pid, ready=200,
-                  headers=headers)
+    for variant in ENGINES:
+        wait_http(f"{engine_url(variant)}/v1/models", f"vLLM on the {variant} base", 600,
+                  pids.get(f"engine-{variant}"), ready=200, headers=headers)
+
+
+def step_first_answer() -> None:
+    """The first adapter as users get it, right after its training: one chat through the gateway, the base beside
+    it (the newcomer sees the point minutes in, before the other two train)."""
+    from openai import OpenAI
+
+    from lorafleet.config import DEFAULT_BASE_NAME
+
+    client = OpenAI(base_url=f"{GATEWAY}/v1", api_key=load_json(SECRETS)["api_key"])
+    for model in ("support-intents", DEFAULT_BASE_NAME):
+        reply = client.chat.completions.create(model=model, max_tokens=32, temperature=0,
+                                               messages=[{"role": "user", "content": FIRST_PROMPT}])
+        console.print(f"[bold]{reply.model}[/] ← {FIRST_PROMPT}\n   → {reply.choices[0].message.content}",
+                      highlight=False)
+    console.print(f"({(time.monotonic() - RUN_STARTED) / 60:.1f} min into this run)")
 
 
 def step_services() -> None:
@@ -568,11 +601,14 @@ def human_lines(run: Path) -> list[str]:
 
 STEPS: list[tuple[str, Callable[[], None], bool]] = [
     # (title, function, resumable: skipped when done before)
-    ("prepare the embedded base model", step_base, True),
+    ("prepare the embedded base model and its nf4 twin (each vLLM starts once its folder is ready)", step_base, True),
+    ("start vLLM on the base and on its nf4 twin (in the background)", step_engines, False),
     ("generate, check and split the example datasets", step_data, True),
-    ("start vLLM on the base and on its nf4 twin", step_engines, False),
-    *[(f"train the {t} adapter (fidelity + forgetting checked)", train_step(t), True) for t in TASKS],
-    ("start the gateway (vLLM + LoRA) and the review app", step_services, False),
+    ("wait for the two vLLM engines", step_wait_engines, False),
+    (f"train the {TASKS[0]} adapter (fidelity + forgetting checked)", train_step(TASKS[0]), True),
+    ("start the gateway (in front of the two engines) and the review app", step_services, False),
+    (f"the first answer: {TASKS[0]} through the gateway", step_first_answer, False),
+    *[(f"train the {t} adapter (fidelity + forgetting checked)", train_step(t), True) for t in TASKS[1:]],
     *[(f"evaluate base vs {t} through the gateway", eval_step(t), True) for t in TASKS],
     ("grade the summaries with a scripted reviewer: metric ↔ grade, judge κ", step_grade, True),
     ("promote each adapter to prod on its evidence; refuse a wrecked one", step_promote, True),
