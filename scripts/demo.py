@@ -195,8 +195,18 @@ def shown(result: subprocess.CompletedProcess[str]) -> str:
 def train_step(task: str) -> Callable[[], None]:
     def step() -> None:
         # The fidelity and forgetting checks run in the running engine of the adapter's base variant.
-        lorafleet("train", "--config", f"examples/train/{task}.yaml", env=engine_env(variant_of_task(task)))
+        lorafleet("train", "--config", f"examples/train/{task}.yaml", *precision_args(),
+                  env=engine_env(variant_of_task(task)))
     return step
+
+
+def precision_args() -> list[str]:
+    """bf16 where the CPU multiplies it natively (AVX512-BF16/AMX), as vLLM serves there: about half the CPU
+    time of fp32 per step (docs/benchmarks.md); fp32 (train's CPU default) elsewhere."""
+    from lorafleet.serve.vllm_child import cpu_flags
+
+    # The x86 flags train's own check accepts (lorafleet.train.precision.cpu_bf16_native), read without torch.
+    return ["--precision", "bf16"] if cpu_flags() & {"avx512_bf16", "amx_bf16"} else []
 
 
 def variant_of_task(task: str) -> str:
