@@ -71,6 +71,7 @@ class Args:
     many_concurrency: int
     cold_adapters: int
     stock: bool = True
+    hf: bool = True
 
 
 def requests_for(concurrency: int) -> int:
@@ -540,8 +541,12 @@ def full_run(base: Path, adapters: list[Path], args: Args, log_dir: Path) -> dic
                     print(f"  gateway phase failed: {exc!r}", flush=True)
         finally:
             proc.stop()
-    print("HF PEFT ...", flush=True)
-    results["HF PEFT"] = run_hf(base, adapters, args)
+    if args.hf:
+        print("HF PEFT ...", flush=True)
+        results["HF PEFT"] = run_hf(base, adapters, args)
+    else:
+        results["HF PEFT"] = {label: dict.fromkeys(cells, float("nan"))
+                              for label, cells in results["vLLM + lorafleet plugin"].items()}
     print(f"\ntok/s, {args.tokens} tokens per chat (ignore_eos), greedy; cells send max(conc, 4) chats\n")
     print(engine_table(results, isolated))
     if not gateway:
@@ -574,13 +579,14 @@ def main() -> None:
     parser.add_argument("--ops-only", action="store_true",
                         help="only the in-process parts: op-level timing and the cold adapter's work")
     parser.add_argument("--no-ops", dest="ops", action="store_false", help="skip the in-process parts")
+    parser.add_argument("--no-hf", dest="hf", action="store_false", help="skip HF PEFT's batched generate")
     parser.add_argument("--no-stock", dest="stock", action="store_false",
                         help="skip the engine with vLLM's stock LoRA ops (the plugin, its gateway phase and HF only)")
     ns = parser.parse_args()
     concurrency = [min(int(c), len(PROMPTS)) for c in ns.concurrency.split(",")]
     args = Args(concurrency=concurrency, tokens=ns.tokens, omp_bind=ns.omp_bind, dtype=ns.dtype, hot_set=ns.hot_set,
                 many_requests=ns.many_requests, many_concurrency=ns.many_concurrency, cold_adapters=ns.cold_adapters,
-                stock=ns.stock)
+                stock=ns.stock, hf=ns.hf)
     base = embedded_base_dir()
     adapters = adapter_dirs(base)
     log_dir = CACHE / "bench-logs"

@@ -3,9 +3,9 @@
 // For every row i of the batch whose slot s = slots[i] is >= 0:
 //     y[i, col0 : col0 + width] += concat_j( (scale * x[i] @ A_sj^T) @ B_sj^T )
 // where j runs over the layer's output slices (q/k/v, gate/up, or one). Rows with a negative
-// slot (base-model tokens) are never read nor written. x and y are float32 or bfloat16; the
-// weights are float32 copies kept by the caller; products accumulate in float32 and y is
-// rounded once (round-to-nearest-even for bfloat16, like torch).
+// slot (base-model tokens) are never read nor written. x, y and the weights (restacked by
+// serve/lora_plugin/stacked.py, in the model's dtype) are float32 or bfloat16; products accumulate
+// in float32 and y is rounded once (round-to-nearest-even for bfloat16, like torch).
 //
 // Rows are sorted by slot and processed in tiles of up to TILE rows of one slot, so each
 // adapter row of A and B is read once per tile rather than once per token.
@@ -63,58 +63,63 @@ static void add_row(void *y, int dtype, int64_t stride, int64_t row, int64_t col
     }
 }
 
-static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t c = 0; c < n; c++) s += a[c] * b[c];
-    return s;
-}
+#define AS_F32(v) (v)
+#define AS_BF16(v) bf16_to_f32(v)
 
-// h[t][k] = scale * dot(a[k], x[t]) for the tile's rows, four adapter rows per pass over x.
-static void shrink(const float *a, const float *xs, float *h, int64_t nt, int64_t in, int64_t k_all, float scale) {
-    int64_t k = 0;
-    for (; k + 4 <= k_all; k += 4) {
-        const float *a0 = a + k * in, *a1 = a0 + in, *a2 = a1 + in, *a3 = a2 + in;
-        for (int64_t t = 0; t < nt; t++) {
-            const float *x = xs + t * in;
-            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-            for (int64_t c = 0; c < in; c++) {
-                s0 += a0[c] * x[c];
-                s1 += a1[c] * x[c];
-                s2 += a2[c] * x[c];
-                s3 += a3[c] * x[c];
-            }
-            float *ht = h + t * k_all + k;
-            ht[0] = scale * s0, ht[1] = scale * s1, ht[2] = scale * s2, ht[3] = scale * s3;
-        }
+// The weight loops, once per weight dtype (W: element type, LOAD: to float): weights stay in the model's
+// dtype, so a bf16 engine streams half the bytes; bf16 -> float32 is exact, so results do not change.
+#define WEIGHT_LOOPS(SUFFIX, W, LOAD)                                                                            \
+    static inline float dot_##SUFFIX(const W *restrict a, const float *restrict b, int64_t n) {                   \
+        float s = 0.0f;                                                                                         \
+        _Pragma("omp simd reduction(+ : s)") for (int64_t c = 0; c < n; c++) s += LOAD(a[c]) * b[c];              \
+        return s;                                                                                               \
+    }                                                                                                           \
+    /* h[t][k] = scale * dot(a[k], x[t]) for the tile's rows, four adapter rows per pass over x. */             \
+    static void shrink_##SUFFIX(const W *a, const float *xs, float *h, int64_t nt, int64_t in, int64_t k_all,    \
+                                float scale) {                                                                  \
+        int64_t k = 0;                                                                                          \
+        for (; k + 4 <= k_all; k += 4) {                                                                        \
+            const W *a0 = a + k * in, *a1 = a0 + in, *a2 = a1 + in, *a3 = a2 + in;                              \
+            for (int64_t t = 0; t < nt; t++) {                                                                  \
+                const float *x = xs + t * in;                                                                   \
+                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;                                               \
+                _Pragma("omp simd reduction(+ : s0, s1, s2, s3)") for (int64_t c = 0; c < in; c++) {            \
+                    s0 += LOAD(a0[c]) * x[c];                                                                   \
+                    s1 += LOAD(a1[c]) * x[c];                                                                   \
+                    s2 += LOAD(a2[c]) * x[c];                                                                   \
+                    s3 += LOAD(a3[c]) * x[c];                                                                   \
+                }                                                                                               \
+                float *ht = h + t * k_all + k;                                                                  \
+                ht[0] = scale * s0, ht[1] = scale * s1, ht[2] = scale * s2, ht[3] = scale * s3;                 \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (; k < k_all; k++)                                                                                  \
+            for (int64_t t = 0; t < nt; t++) h[t * k_all + k] = scale * dot_##SUFFIX(a + k * in, xs + t * in, in); \
+    }                                                                                                           \
+    /* acc[t][0:cw] = sum_k h[t][k] * b[k * stride + 0:cw] for one chunk of an output slice. */                 \
+    static void expand_chunk_##SUFFIX(const W *b, int64_t stride, const float *h, int64_t k_all, int64_t rank,   \
+                                      int64_t nt, int64_t cw, float *acc) {                                     \
+        memset(acc, 0, (size_t)(TILE * CHUNK) * sizeof(float));                                                 \
+        for (int64_t k = 0; k < rank; k++) {                                                                    \
+            const W *restrict b_row = b + k * stride;                                                           \
+            for (int64_t t = 0; t < nt; t++) {                                                                  \
+                const float hv = h[t * k_all + k];                                                              \
+                float *restrict dst = acc + t * CHUNK;                                                          \
+                _Pragma("omp simd") for (int64_t c = 0; c < cw; c++) dst[c] += hv * LOAD(b_row[c]);             \
+            }                                                                                                   \
+        }                                                                                                       \
     }
-    for (; k < k_all; k++)
-        for (int64_t t = 0; t < nt; t++) h[t * k_all + k] = scale * dot(a + k * in, xs + t * in, in);
-}
 
-// acc[t][0:cw] = sum_k h[t][k] * b[k * stride + 0:cw] for one chunk of an output slice.
-static void expand_chunk(const float *b, int64_t stride, const float *h, int64_t k_all, int64_t rank, int64_t nt,
-                         int64_t cw, float *acc) {
-    memset(acc, 0, (size_t)(TILE * CHUNK) * sizeof(float));
-    for (int64_t k = 0; k < rank; k++) {
-        const float *restrict b_row = b + k * stride;
-        for (int64_t t = 0; t < nt; t++) {
-            const float hv = h[t * k_all + k];
-            float *restrict dst = acc + t * CHUNK;
-#pragma omp simd
-            for (int64_t c = 0; c < cw; c++) dst[c] += hv * b_row[c];
-        }
-    }
-}
+WEIGHT_LOOPS(f32, float, AS_F32)
+WEIGHT_LOOPS(bf16, uint16_t, AS_BF16)
 
-// a:  (slots, nsl * rank, in) float32, slot-major: slot s's A rows for slice j at row j * rank.
-// bt: (slots, rank * width) float32: slot s's B^T for slice j is a (rank, outs[j]) block
+// a:  (slots, nsl * rank, in) in w_dtype (float32 or bfloat16), slot-major: slot s's A rows for slice j at row j * rank.
+// bt: (slots, rank * width) in w_dtype: slot s's B^T for slice j is a (rank, outs[j]) block
 //     starting at rank * (outs[0] + ... + outs[j-1]).
 // max_threads: OpenMP threads for the tiles (1: run on the calling thread only).
 // Returns 0, or -1 for a slot index >= slots (nothing is written then), -2 when out of memory.
 int lorafleet_lora_linear(const void *x, int x_dtype, int64_t x_stride, void *y, int y_dtype, int64_t y_stride,
-                          int64_t col0, const int64_t *slots, int64_t rows, const float *a, const float *bt,
+                          int64_t col0, const int64_t *slots, int64_t rows, const void *a, const void *bt, int w_dtype,
                           int64_t num_slots, int64_t in, int64_t rank, int64_t nsl, const int64_t *outs,
                           float scale, int max_threads) {
     int64_t width = 0;
@@ -169,15 +174,22 @@ int lorafleet_lora_linear(const void *x, int x_dtype, int64_t x_stride, void *y,
 #endif
         float *h = xs + TILE * in, *acc = h + TILE * k_all;
         const int64_t s = tile_slot[tile], first = tile_first[tile], nt = tile_nt[tile];
-        const float *a_s = a + s * k_all * in, *bt_s = bt + s * rank * width;
+        const int64_t a_off = s * k_all * in, bt_off = s * rank * width;
         for (int64_t t = 0; t < nt; t++) load_row(x, x_dtype, x_stride, order[first + t], in, xs + t * in);
-        shrink(a_s, xs, h, nt, in, k_all, scale);
+        if (w_dtype == F32)
+            shrink_f32((const float *)a + a_off, xs, h, nt, in, k_all, scale);
+        else
+            shrink_bf16((const uint16_t *)a + a_off, xs, h, nt, in, k_all, scale);
         int64_t col = 0;
         for (int64_t j = 0; j < nsl; j++) {
-            const float *block = bt_s + rank * col;
+            const int64_t block = bt_off + rank * col;
             for (int64_t c0 = 0; c0 < outs[j]; c0 += CHUNK) {
                 const int64_t cw = outs[j] - c0 < CHUNK ? outs[j] - c0 : CHUNK;
-                expand_chunk(block + c0, outs[j], h + j * rank, k_all, rank, nt, cw, acc);
+                if (w_dtype == F32)
+                    expand_chunk_f32((const float *)bt + block + c0, outs[j], h + j * rank, k_all, rank, nt, cw, acc);
+                else
+                    expand_chunk_bf16((const uint16_t *)bt + block + c0, outs[j], h + j * rank, k_all, rank, nt, cw,
+                                      acc);
                 for (int64_t t = 0; t < nt; t++)
                     add_row(y, y_dtype, y_stride, order[first + t], col0 + col + c0, cw, acc + t * CHUNK);
             }

@@ -40,8 +40,8 @@ def default_cache() -> Path:
 CACHE = default_cache()
 COMPILERS = ("cc", "gcc", "g++")  # Debian's g++ package brings gcc and cc with it
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
-ARGTYPES = [_ptr, ctypes.c_int, _i64, _ptr, ctypes.c_int, _i64, _i64, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64,
-            _i64, _ptr, ctypes.c_float, ctypes.c_int]
+ARGTYPES = [_ptr, ctypes.c_int, _i64, _ptr, ctypes.c_int, _i64, _i64, _ptr, _i64, _ptr, _ptr, ctypes.c_int, _i64, _i64,
+            _i64, _i64, _ptr, ctypes.c_float, ctypes.c_int]
 
 
 class KernelBuildError(RuntimeError):

@@ -121,17 +121,18 @@ class KernelError(RuntimeError):
 
 def cached_lora_linear(y: torch.Tensor, x: torch.Tensor, weights: FusedWeights, scale: float,
                        groups: AdapterGroups, offset_start: int = 0) -> None:
-    """`grouped_lora_linear` on restacked float32 weights: one shrink matmul per adapter for all slices.
+    """`grouped_lora_linear` on restacked weights: one shrink matmul per adapter for all slices.
 
     The pure-torch path, used where the compiled kernel is not available.
     """
     cols = y[:, offset_start:offset_start + weights.width]
     rank = weights.rank
     for group in groups.groups:
-        h = take_rows(x, group.rows).float() @ weights.slot_a(group.slot).T
+        h = take_rows(x, group.rows).float() @ weights.slot_a(group.slot).float().T
         if scale != 1.0:
             h *= scale
-        deltas = [h[:, j * rank:(j + 1) * rank] @ weights.slot_bt(group.slot, j) for j in range(len(weights.outs))]
+        deltas = [h[:, j * rank:(j + 1) * rank] @ weights.slot_bt(group.slot, j).float()
+                  for j in range(len(weights.outs))]
         delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=1)
         add_rows(cols, group.rows, delta.to(y.dtype))
 
@@ -155,8 +156,8 @@ def fused_lora_linear(kernel, y: torch.Tensor, x: torch.Tensor, weights: FusedWe
                           f"{weights.in_features}, width {weights.width} at {offset_start}")
     status = kernel(x.data_ptr(), KERNEL_DTYPES[x.dtype], x.stride(0), y.data_ptr(), KERNEL_DTYPES[y.dtype],
                     y.stride(0), offset_start, slots.data_ptr(), slots.shape[0], weights.a.data_ptr(),
-                    weights.bt.data_ptr(), weights.slots, weights.in_features, weights.rank, len(weights.outs),
-                    weights.outs_array.data_ptr(), scale, threads)
+                    weights.bt.data_ptr(), KERNEL_DTYPES[weights.a.dtype], weights.slots, weights.in_features,
+                    weights.rank, len(weights.outs), weights.outs_array.data_ptr(), scale, threads)
     if status != 0:
         raise KernelError(f"lora kernel failed with status {status} (-1: slot index >= {weights.slots}, "
                           "-2: out of memory)")

@@ -1,8 +1,9 @@
-"""float32 copies of a LoRA layer's stacked adapter weights, in the layout the fused ops read.
+"""Copies of a LoRA layer's stacked adapter weights, in the layout the fused ops read.
 
 vLLM keeps each output slice's weights as (slots, 1, rank, in) for A and (slots, 1, out, rank)
-for B, in the model's dtype. Per op, converting them to float32 and walking the slices costs
-more than the products on a decode batch, so each layer's weights are restacked once into
+for B, in the model's dtype. Per op, walking the slices (and, on the torch path, converting to
+float32) costs more than the products on a decode batch, so each layer's weights are restacked
+once (in the model's dtype for the compiled kernel, float32 for the torch path) into
     a:  (slots, n_slices * rank, in)  -- one slot's A rows for every slice, contiguous;
     bt: (slots, rank * width)         -- one slot's B^T blocks, (rank, out_j) per slice j,
 and copied again only when vLLM writes a slot: the cache compares the slot -> LoRA id table the
@@ -20,7 +21,7 @@ import torch
 
 @dataclass
 class FusedWeights:
-    """One LoRA layer's adapters, float32, slot-major (see the module docstring)."""
+    """One LoRA layer's adapters, slot-major (see the module docstring)."""
 
     ptrs: tuple[int, ...]
     """Addresses of vLLM's stacked tensors these were copied from: another layout means a rebuild."""
@@ -72,14 +73,17 @@ def version(t: torch.Tensor) -> int | None:
 
 
 def fuse(lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], outs: tuple[int, ...],
-         slot_ids: tuple) -> FusedWeights:
-    """Restack every slot of one layer."""
+         slot_ids: tuple, model_dtype: bool = True) -> FusedWeights:
+    """Restack every slot of one layer: in the model's dtype where the kernel reads it (bf16 halves
+    the bytes a decode step streams), else float32 (the torch path then needs no conversion per op)."""
     tensors = (*lora_a, *lora_b)
     slots, rank = lora_a[0].shape[0], lora_a[0].shape[-2]
+    keep = model_dtype and lora_a[0].dtype in (torch.bfloat16, torch.float32)
+    dtype = lora_a[0].dtype if keep else torch.float32
     weights = FusedWeights(ptrs=tuple(t.data_ptr() for t in tensors), slot_ids=slot_ids,
                            versions=tuple(version(t) for t in tensors),
-                           a=torch.empty(slots, len(outs) * rank, lora_a[0].shape[-1]),
-                           bt=torch.empty(slots, rank * sum(outs)), rank=rank, outs=outs,
+                           a=torch.empty(slots, len(outs) * rank, lora_a[0].shape[-1], dtype=dtype),
+                           bt=torch.empty(slots, rank * sum(outs), dtype=dtype), rank=rank, outs=outs,
                            outs_array=torch.tensor(outs, dtype=torch.int64))
     for slot in range(slots):
         weights.copy_slot(slot, lora_a, lora_b)
@@ -94,7 +98,8 @@ class WeightCache:
     in place under an unchanged table, every slot is.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model_dtype: bool = True) -> None:
+        self.model_dtype = model_dtype
         self._layers: dict[int, FusedWeights] = {}
 
     def get(self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], outs: tuple[int, ...],
@@ -103,7 +108,7 @@ class WeightCache:
         layer = lora_a[0].data_ptr()
         cached = self._layers.get(layer)
         if cached is None or cached.outs != outs or cached.ptrs != tuple(t.data_ptr() for t in tensors):
-            cached = self._layers[layer] = fuse(lora_a, lora_b, outs, slot_ids)
+            cached = self._layers[layer] = fuse(lora_a, lora_b, outs, slot_ids, self.model_dtype)
             return cached
         versions = tuple(version(t) for t in tensors)
         if cached.slot_ids == slot_ids and cached.versions == versions:

@@ -44,7 +44,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         self._warned_prompt_logits = False
         self.kernel = native.default_kernel()
         """The compiled fused op, or None: the pure-torch grouped ops run instead (tests set it)."""
-        self.weights = WeightCache()
+        self.weights = WeightCache(model_dtype=self.kernel is not None)
         self.slot_ids: tuple = ()
         self.token_slots = torch.empty(0, dtype=torch.long)
         self.kernel_threads = 1

@@ -132,8 +132,9 @@ def test_weight_cache_hits_until_a_slot_is_written_or_the_slot_table_changes():
     cache = WeightCache()
     first = cache.get(a, b, (24, 8), (1, 2, 3, 4))
     assert cache.get(a, b, (24, 8), (1, 2, 3, 4)) is first
-    assert first.a.dtype == torch.float32 and first.a.shape == (SLOTS, 8, 16)
-    torch.testing.assert_close(first.slot_bt(2, 1), b[1][2, 0].float().T)
+    assert first.a.dtype == torch.bfloat16 and first.a.shape == (SLOTS, 8, 16)  # the kernel reads bf16
+    assert WeightCache(model_dtype=False).get(a, b, (24, 8), (1, 2, 3, 4)).a.dtype == torch.float32
+    assert torch.equal(first.slot_bt(2, 1), b[1][2, 0].T)
     b[1][2, 0].copy_(torch.ones(8, 4))  # an in-place write under the same slot table: every slot again
     assert torch.equal(cache.get(a, b, (24, 8), (1, 2, 3, 4)).slot_bt(2, 1), torch.ones(4, 8))
     # vLLM's set_lora puts a new adapter (a new id) in slot 1: that slot is copied, the others kept.
