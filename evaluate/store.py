@@ -39,7 +39,9 @@ class Manifest(BaseModel):
 
 
 def new_run_id(suite_name: str) -> str:
-    return f"{suite_name}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    """A run id that sorts by time to the millisecond (two runs of a suite often start in the same second)."""
+    now = datetime.now(UTC)
+    return f"{suite_name}-{now:%Y%m%d-%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
 class RunStore:
