@@ -98,16 +98,13 @@ class AdapterCard(BaseModel):
         return f"{self.name}@{self.version}"
 
 
-def latest_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The latest of a card's eval run entries by created_at; on a tie the one appended later wins.
+def latest_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The latest of a card's (non-empty list of) eval run entries by created_at; on a tie the one appended
+    later wins.
 
     created_at has one-second resolution on older cards, and two runs of one suite often finish in the
     same second; max() alone would then pick the earlier run."""
-    best: dict[str, Any] | None = None
-    for run in runs:
-        if best is None or str(run.get("created_at") or "") >= str(best.get("created_at") or ""):
-            best = run
-    return best
+    return max(enumerate(runs), key=lambda pair: (str(pair[1].get("created_at") or ""), pair[0]))[1]
 
 
 # Fields that may change after a version is created: what we learn about it later.

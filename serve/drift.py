@@ -194,7 +194,7 @@ def eval_baseline(card: AdapterCard) -> EvalBaseline | None:
             ("output_tokens_mean" in r or "label_pattern" in r or "labels" in r)]
     if not runs:
         return None
-    run = latest_run(runs) or runs[-1]
+    run = latest_run(runs)
     labels = tuple(str(label) for label in run.get("labels") or [])
     fmt = LabelFormat(run.get("label_pattern"), labels, bool(run.get("label_case_sensitive"))) if labels else None
     return EvalBaseline(run_id=str(run.get("run_id")), output_tokens_mean=_num(run.get("output_tokens_mean")),

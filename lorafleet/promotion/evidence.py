@@ -47,7 +47,7 @@ def gather(registry: Registry, candidate: ResolvedAdapter, current: AliasTarget 
 def latest_runs(card: AdapterCard) -> dict[str, dict[str, Any]]:
     """suite → the latest eval run entry on the card for it."""
     suites = {run.get("suite") for run in card.eval_runs if run.get("suite")}
-    return {str(s): latest_run([r for r in card.eval_runs if r.get("suite") == s]) or {} for s in suites}
+    return {str(s): latest_run([r for r in card.eval_runs if r.get("suite") == s]) for s in suites}
 
 
 def suite_checks(suites: dict[str, dict[str, Any]], policy: Policy) -> list[Check]:
@@ -123,7 +123,7 @@ def _gain_on_suite(suite: str, run: dict[str, Any], incumbent: str, inc_runs: li
                      f"suite with both versions as targets, e.g. NAME@{incumbent} and the new version)")
     # Prefer a run that scored both versions; else the incumbent's latest run of the same suite.
     same = [r for r in inc_runs if r.get("run_id") == run["run_id"]]
-    other = same[0] if same else latest_run(inc_runs) or inc_runs[-1]
+    other = same[0] if same else latest_run(inc_runs)
     try:
         metric = rule.metric or first_metric(Path(run["path"]))
         mine = item_scores(Path(run["path"]), run["target"], metric)
